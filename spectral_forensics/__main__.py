@@ -1,0 +1,3 @@
+from spectral_forensics.cli import main
+
+raise SystemExit(main())

@@ -30,6 +30,9 @@ _PAIRING_BY_MODEL_TYPE = {
     "glm": ADJACENT_PAIRS,
 }
 
+# Architectures whose code fixes the RoPE base instead of reading it from the configuration.
+_FIXED_BASE_BY_MODEL_TYPE = {"gptj": 10000.0, "codegen": 10000.0}
+
 # Model types whose attention has no rotary embedding at all.
 _NO_ROPE_MODEL_TYPES = {"gpt2", "opt", "bloom", "bert", "gpt_bigcode", "mpt", "roberta"}
 
@@ -242,7 +245,7 @@ def rope_spec_from_config(config: Any) -> RopeSpec:
         )
 
     params = _rope_parameters(config)
-    base = params.get("rope_theta")
+    base = params.get("rope_theta", _FIXED_BASE_BY_MODEL_TYPE.get(model_type))
     has_rope = model_type not in _NO_ROPE_MODEL_TYPES and base is not None
     if not has_rope:
         return RopeSpec(

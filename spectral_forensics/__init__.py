@@ -9,3 +9,5 @@ import logging
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
+
+from spectral_forensics.momentum import modeling as _momentum_modeling  # noqa: E402,F401

@@ -13,9 +13,20 @@ import numpy as np
 from spectral_forensics.data.windows import tokenize_windows
 from spectral_forensics.extract import StreamingExtractor
 from spectral_forensics.models import LoadedModel, load_model
-from spectral_forensics.results import BandSpectrum, BodeAnalysis, TemporalSpectrum
+from spectral_forensics.results import (
+    BandSpectrum,
+    BodeAnalysis,
+    MeasuredTransfer,
+    TemporalSpectrum,
+)
 from spectral_forensics.rope import RopeSpec
 from spectral_forensics.spectral.bands import dc_band_mask
+from spectral_forensics.spectral.transfer import (
+    agreement,
+    magnitude_db,
+    momentum_response,
+    transfer_from_spectra,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +35,8 @@ DEFAULT_WINDOW = 512
 DEFAULT_NPERSEG = 128
 # Variation slower than 16 tokens (about a sentence) counts as DC in the temporal spectrum.
 DEFAULT_TEMPORAL_CUTOFF = 2 * math.pi / 16
+# Frequencies whose coherence is below this are left out of the transfer agreement score.
+COHERENCE_THRESHOLD = 0.99
 
 
 def validate_indices(values: Sequence[int] | None, size: int, what: str) -> list[int]:
@@ -67,6 +80,7 @@ def analyse(
     cutoff_wavelength: float | None = None,
     temporal_cutoff: float = DEFAULT_TEMPORAL_CUTOFF,
     gamma: float = 1.0,
+    transfer_pairs: Sequence[tuple[str, str]] = (),
     progress: bool = True,
 ) -> BodeAnalysis:
     """Measure the RoPE-band and temporal spectra of every selected head.
@@ -97,7 +111,12 @@ def analyse(
     temporal_cutoff : float
         Temporal DC/AC cutoff ω_c in radians per token (default 2π/16).
     gamma : float
-        Momentum coupling γ for the closed-form overlays of the plots.
+        Momentum coupling γ for the closed-form overlays of the plots, and for the closed form
+        of measured transfer functions on models that do not store their own γ.
+    transfer_pairs : sequence of (str, str)
+        Stage pairs (input, output) of the same heads, such as ``("rot_k", "mom_k")``, whose
+        transfer function is measured (H1 estimate and coherence) and compared with the
+        closed form of the momentum shear.
     progress : bool
         Show tqdm progress bars.
 
@@ -151,9 +170,14 @@ def analyse(
         bands=bands,
         temporal_stages=stages,
         nperseg=nperseg,
+        transfer_pairs=tuple(tuple(p) for p in transfer_pairs),
     )
     stats = extractor.run(windows, batch_size=batch_size, progress=progress)
     rope = stats.rope
+    transfers = [
+        measured_transfer_result(stats, pair, head_gammas(loaded, layers, heads, gamma))
+        for pair in extractor.transfer_pairs
+    ]
 
     band_spectrum = None
     if bands:
@@ -184,4 +208,48 @@ def analyse(
         gamma=float(gamma),
         text_source=source,
         extra={"batch_size": batch_size, "temporal_stages": list(stages)},
+        transfers=transfers,
+    )
+
+
+def head_gammas(loaded: LoadedModel, layers: list[int], heads: list[int], default: float) -> np.ndarray:
+    """γ per analysed head: the model's own couplings for Momentum Attention models, else ``default``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n_layers, n_heads)`` in the order of ``layers`` and ``heads``.
+    """
+    model = loaded.hf_model
+    if hasattr(model, "momentum_gammas"):
+        table = model.momentum_gammas().double().cpu().numpy()
+        return table[np.ix_(layers, heads)]
+    return np.full((len(layers), len(heads)), float(default))
+
+
+def measured_transfer_result(stats, pair: tuple[str, str], gammas: np.ndarray) -> MeasuredTransfer:
+    """Turn accumulated cross-spectra into a :class:`MeasuredTransfer` with its closed form.
+
+    Notes
+    -----
+    H1(ω) = P_xy(ω)/P_xx(ω) with coherence C = |P_xy|²/(P_xx P_yy); the closed form is
+    H(e^{jω}) = (1 + γ) − γ e^{−jω}. The agreement score r is the Pearson correlation of
+    20 log10|H1| and 20 log10|H| over the frequencies with C ≥ 0.99.
+    """
+    pxx, pyy, pxy = stats.transfer_spectra(pair)
+    estimate = transfer_from_spectra(stats.freqs, pxx, pyy, pxy)
+    theory = momentum_response(stats.freqs[None, None, :], gammas[..., None])
+    mask = estimate.coherence >= COHERENCE_THRESHOLD
+    r, max_dev = agreement(magnitude_db(estimate.h), magnitude_db(theory), mask=mask)
+    return MeasuredTransfer(
+        source=pair[0],
+        target=pair[1],
+        freqs=stats.freqs,
+        h=estimate.h,
+        coherence=estimate.coherence,
+        gamma=gammas,
+        theory=theory,
+        r=np.asarray(r, dtype=float),
+        max_dev_db=np.asarray(max_dev, dtype=float),
+        coherence_threshold=COHERENCE_THRESHOLD,
     )

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from spectral_forensics.rope import ADJACENT_PAIRS, ROTATE_HALF, RopeSpec, band_dimensions
 from spectral_forensics.spectral.bands import band_energy_sum, causal_cross_sum, to_bands
 from spectral_forensics.spectral.temporal import welch_psd
+from spectral_forensics.spectral.transfer import cross_spectra
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class HeadStatistics:
     token_count: int = 0
     psd_sum: dict[str, np.ndarray] = field(default_factory=dict)
     psd_count: int = 0
+    transfer_sums: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
     windows: int = 0
 
     @property
@@ -85,6 +87,12 @@ class HeadStatistics:
     def k_energy(self) -> np.ndarray:
         """E|k_i|^2 per band of the key/value head each query head reads."""
         return self.k_energy_sum / max(self.token_count, 1)
+
+    def transfer_spectra(self, pair: tuple[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Averaged (P_xx, P_yy, P_xy) between two stages, each ``(n_layers, n_heads, n_freq)``."""
+        n = max(self.psd_count, 1)
+        pxx, pyy, pxy = self.transfer_sums[pair]
+        return pxx / n, pyy / n, pxy / n
 
     def psd(self, stage: str) -> np.ndarray:
         """Welch PSD of ``stage`` averaged over channels and windows, ``(n_layers, n_heads, n_freq)``."""
@@ -184,6 +192,9 @@ class StreamingExtractor:
         Welch segment length in tokens.
     check_pairing : bool
         Check the pairing convention against ``hook_rot_q`` on the first batch.
+    transfer_pairs : sequence of (str, str)
+        Stage pairs (input, output) of the same heads, such as ``("rot_k", "mom_k")``, whose
+        Welch auto- and cross-spectra are accumulated for measured transfer functions.
     """
 
     def __init__(
@@ -197,7 +208,15 @@ class StreamingExtractor:
         temporal_stages: tuple[str, ...] = ("rot_q", "rot_k"),
         nperseg: int = 128,
         check_pairing: bool = True,
+        transfer_pairs: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        for source, target in transfer_pairs:
+            if source == target or is_key_stage(source) != is_key_stage(target):
+                raise ValueError(
+                    f"Stages {source}:{target} do not form a transfer pair of the same heads: both "
+                    "must be query stages (q, rot_q, mom_q) or both key stages (k, rot_k, mom_k), "
+                    "and differ."
+                )
         if bands:
             rope.require_rope("The RoPE-band spectrum")
         self.bridge = bridge
@@ -207,6 +226,7 @@ class StreamingExtractor:
         self.bands = bands
         self.temporal_stages = tuple(temporal_stages)
         self.nperseg = nperseg
+        self.transfer_pairs = tuple(tuple(p) for p in transfer_pairs)
         self._check_pairing = check_pairing and bands
         self._head_index = torch.tensor(self.heads, dtype=torch.long)
         self._kv_index = torch.tensor([rope.kv_head(h) for h in self.heads], dtype=torch.long)
@@ -220,6 +240,8 @@ class StreamingExtractor:
     def stages(self) -> list[str]:
         """Stages hooked in each analysed layer."""
         needed = list(self.temporal_stages)
+        for pair in self.transfer_pairs:
+            needed.extend(pair)
         if self.bands:
             needed = ["q", "k"] + needed
             if self._check_pairing:
@@ -238,9 +260,16 @@ class StreamingExtractor:
             attn_hooks = sorted(
                 {n.split(".attn.", 1)[1] for n in available if n.startswith("blocks.0.attn.hook_")}
             )
+            hint = ""
+            if any(stage.startswith("mom_") for stage in stages):
+                hint = (
+                    " The mom_q/mom_k stages exist only in Momentum Attention models: train one with "
+                    "`spectral-forensics train`, or attach the shear to this bridge with "
+                    "spectral_forensics.momentum.attach.attach_momentum(bridge, gamma)."
+                )
             raise ValueError(
                 f"The model has no hook(s) {missing[:4]}{' ...' if len(missing) > 4 else ''}: stage(s) "
-                f"{stages} do not exist. Attention hooks of this model: {attn_hooks}."
+                f"{stages} do not exist. Attention hooks of this model: {attn_hooks}.{hint}"
             )
 
     def _make_hook(self, layer: int, stage: str):
@@ -277,6 +306,17 @@ class StreamingExtractor:
         pending = self._pending.setdefault(li, {})
         if stage in self.temporal_stages:
             self._add_temporal(li, stage, x)
+        for pair in self.transfer_pairs:
+            if stage == pair[0]:
+                pending[("transfer",) + pair] = x
+            elif stage == pair[1]:
+                source = pending.pop(("transfer",) + pair, None)
+                if source is None:
+                    raise HookNotFiredError(
+                        f"Stage {pair[1]} of layer {layer} ran before {pair[0]}; a transfer pair "
+                        "needs its input stage to run first."
+                    )
+                self._add_transfer(li, pair, source, x)
         wanted = ("q", "k", "rot_q") if self._check_pairing else ("q", "k")
         if self.bands and stage in wanted:
             pending[stage] = x
@@ -313,6 +353,38 @@ class StreamingExtractor:
             self.stats.freqs = freqs
             self.stats.nperseg = self.nperseg
         sums[li] += psd * batch
+
+    def _add_transfer(self, li: int, pair: tuple[str, str], x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.shape != y.shape:
+            raise RuntimeError(
+                f"Stages {pair[0]} {tuple(x.shape)} and {pair[1]} {tuple(y.shape)} differ in shape"
+            )
+        batch, pos = x.shape[:2]
+        if pos < self.nperseg:
+            raise ValueError(
+                f"The window has {pos} tokens, fewer than the Welch segment nperseg={self.nperseg}; "
+                "use a longer --window or a smaller --nperseg."
+            )
+        index = self._kv_index if is_key_stage(pair[0]) else self._head_index
+        if not is_key_stage(pair[0]):
+            x, y = x.index_select(2, index), y.index_select(2, index)
+        freqs, pxx, pyy, pxy = cross_spectra(
+            x, y, self.nperseg, axis=1, average_axes=(0, 3), detrend=False
+        )
+        if is_key_stage(pair[0]):
+            rows = index.numpy()
+            pxx, pyy, pxy = pxx[rows], pyy[rows], pxy[rows]
+        if self.stats.freqs is None:
+            self.stats.freqs = freqs
+            self.stats.nperseg = self.nperseg
+        sums = self.stats.transfer_sums.get(pair)
+        if sums is None:
+            shape = (len(self.layers), len(self.heads), freqs.size)
+            sums = [np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=np.complex128)]
+            self.stats.transfer_sums[pair] = sums
+        sums[0][li] += pxx * batch
+        sums[1][li] += pyy * batch
+        sums[2][li] += pxy * batch
 
     def _add_bands(self, li: int, q: torch.Tensor, k: torch.Tensor) -> None:
         re, im = self.rope.band_dimensions()
@@ -371,7 +443,7 @@ class StreamingExtractor:
         if any(self._pending.values()):
             raise HookNotFiredError(
                 "Incomplete q/k pairs after the forward pass: "
-                f"{ {self.layers[k]: sorted(v) for k, v in self._pending.items() if v} }"
+                f"{ {self.layers[k]: sorted(map(str, v)) for k, v in self._pending.items() if v} }"
             )
         return self.stats
 

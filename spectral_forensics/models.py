@@ -175,6 +175,10 @@ def bridge_from_hf(model: Any, tokenizer: Any = None, name: str = "model") -> An
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
+    # TransformerLens 4.3 resolves architectures for boot_transformers from its built-in table
+    # only; importing the adapter adds MomentumForCausalLM to it.
+    import spectral_forensics.momentum.adapter  # noqa: F401
+
     model.eval()
     if tokenizer is not None:
         return TransformerBridge.boot_transformers(

@@ -92,6 +92,50 @@ class TemporalSpectrum:
 
 
 @dataclass
+class MeasuredTransfer:
+    """Measured transfer function between two hook stages of the same heads, with its closed form.
+
+    Attributes
+    ----------
+    source, target : str
+        Input and output stages (``"rot_k"``, ``"mom_k"``).
+    freqs : numpy.ndarray
+        Frequencies ω in radians per token, shape ``(n_freq,)``.
+    h : numpy.ndarray
+        Complex H1 estimate P_xy/P_xx, shape ``(n_layers, n_heads, n_freq)``.
+    coherence : numpy.ndarray
+        Magnitude-squared coherence in [0, 1], same shape as ``h``.
+    gamma : numpy.ndarray
+        γ of the closed form per head, shape ``(n_layers, n_heads)``.
+    theory : numpy.ndarray
+        Closed-form post-RoPE response (1 + γ) − γ e^{−jω}, same shape as ``h``.
+    r : numpy.ndarray
+        Pearson correlation of measured and closed-form |H| in dB over the frequencies where
+        the coherence is at least ``coherence_threshold``, shape ``(n_layers, n_heads)``.
+    max_dev_db : numpy.ndarray
+        Largest |measured − closed form| in dB over the same frequencies.
+    coherence_threshold : float
+        Coherence a frequency needs to enter ``r`` and ``max_dev_db``.
+    """
+
+    source: str
+    target: str
+    freqs: np.ndarray
+    h: np.ndarray
+    coherence: np.ndarray
+    gamma: np.ndarray
+    theory: np.ndarray
+    r: np.ndarray
+    max_dev_db: np.ndarray
+    coherence_threshold: float
+
+    @property
+    def name(self) -> str:
+        """``"source:target"``, the form the command line takes."""
+        return f"{self.source}:{self.target}"
+
+
+@dataclass
 class BodeAnalysis:
     """Everything the ``bode`` command measures on one model and text.
 
@@ -115,6 +159,8 @@ class BodeAnalysis:
         Momentum coupling γ used for the closed-form overlays in plots.
     text_source : str
         Where the text came from (file path or the default corpus name).
+    transfers : list of MeasuredTransfer
+        Measured transfer functions between stage pairs (empty unless requested).
     extra : dict
         Free-form settings worth recording (stages, cutoffs, versions).
     """
@@ -130,13 +176,16 @@ class BodeAnalysis:
     gamma: float = 1.0
     text_source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    transfers: list[MeasuredTransfer] = field(default_factory=list)
 
     def records(self) -> list[dict[str, Any]]:
         """Return one flat record per (layer, head) with the scalar metrics.
 
         Keys: ``layer``, ``head``, ``kv_head``, ``band_dc_fraction``, ``peak_band``,
         ``peak_theta`` (radians per token), ``peak_magnitude_db``, ``peak_phase_deg``,
-        ``q_energy``, ``k_energy`` and, per temporal stage S, ``temporal_dc_fraction_S``.
+        ``q_energy``, ``k_energy``, per temporal stage S ``temporal_dc_fraction_S`` and, per
+        measured transfer A:B, ``transfer_r_A_B``, ``transfer_max_dev_db_A_B`` and
+        ``transfer_gamma_A_B``.
         Band keys are None for a model without rotary embeddings.
         """
         group = self.rope["n_heads"] // self.rope["n_kv_heads"]
@@ -170,5 +219,10 @@ class BodeAnalysis:
                     row[f"temporal_dc_fraction_{stage}"] = float(
                         self.temporal.dc_fraction(stage)[li, hi]
                     )
+                for transfer in self.transfers:
+                    suffix = f"{transfer.source}_{transfer.target}"
+                    row[f"transfer_r_{suffix}"] = float(transfer.r[li, hi])
+                    row[f"transfer_max_dev_db_{suffix}"] = float(transfer.max_dev_db[li, hi])
+                    row[f"transfer_gamma_{suffix}"] = float(transfer.gamma[li, hi])
                 rows.append(row)
         return rows

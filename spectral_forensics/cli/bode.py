@@ -29,7 +29,15 @@ def add_parsers(subparsers) -> None:
     bode.add_argument("--window", type=positive_int, default=512, help="tokens per forward pass and DC/AC context length (default: 512)")
     bode.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass (default: 4)")
     bode.add_argument("--nperseg", type=positive_int, default=128, help="Welch segment length in tokens (default: 128)")
-    bode.add_argument("--stages", type=stage_list, help="hook stages for the temporal spectra (default: rot_q,rot_k; q,k without RoPE)")
+    bode.add_argument(
+        "--stages",
+        type=stage_list,
+        help=(
+            "comma-separated hook stages for the temporal spectra (default: rot_q,rot_k; q,k "
+            "without RoPE); an entry A:B such as rot_k:mom_k also measures the transfer function "
+            "from stage A to stage B of each head"
+        ),
+    )
     bode.add_argument("--no-bands", action="store_true", help="skip the RoPE-band spectra (needed for models without RoPE)")
     bode.add_argument("--cutoff-wavelength", type=float, help="band DC/AC cutoff in tokens (default: --window)")
     bode.add_argument("--temporal-cutoff", type=float, default=2 * math.pi / 16, help="temporal DC/AC cutoff in radians per token (default: 2π/16)")
@@ -58,6 +66,9 @@ def run_bode(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     check_output_dir(args.out)
+    stages = args.stages or []
+    temporal = [s for s in stages if ":" not in s] or None
+    pairs = [tuple(s.split(":", 1)) for s in stages if ":" in s]
     analysis = analyse(
         args.model,
         args.text,
@@ -67,7 +78,8 @@ def run_bode(args: argparse.Namespace) -> int:
         window=args.window,
         batch_size=args.batch_size,
         bands=False if args.no_bands else None,
-        temporal_stages=args.stages,
+        temporal_stages=temporal,
+        transfer_pairs=pairs,
         nperseg=args.nperseg,
         cutoff_wavelength=args.cutoff_wavelength,
         temporal_cutoff=args.temporal_cutoff,

@@ -41,8 +41,13 @@ def positive_int(value: str) -> int:
 
 
 def stage_list(value: str) -> list[str]:
-    """Parse a comma-separated list of hook stages (``rot_q,rot_k``)."""
-    stages = [s.strip().removeprefix("hook_") for s in value.split(",") if s.strip()]
-    if not stages:
-        raise argparse.ArgumentTypeError(f"empty stage list {value!r}")
+    """Parse a comma-separated list of hook stages (``rot_q,rot_k``) and stage pairs (``rot_k:mom_k``)."""
+    stages = []
+    for item in value.split(","):
+        parts = [p.strip().removeprefix("hook_") for p in item.split(":")]
+        if not all(parts) or len(parts) > 2:
+            raise argparse.ArgumentTypeError(
+                f"invalid stage {item!r} in {value!r}; use names such as rot_q or pairs such as rot_k:mom_k"
+            )
+        stages.append(":".join(parts))
     return stages

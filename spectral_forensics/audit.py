@@ -1,0 +1,413 @@
+"""RoPE placement audit: does a head's momentum shear act after RoPE or before it?
+
+For every analysed key/value head and RoPE band i, the audit measures the transfer function
+from the unsheared post-RoPE key band r_i(t) to the key band that attention uses, r̂_i(t), and
+compares it with the two closed forms, written in the post-RoPE frame:
+
+- post-RoPE shear: H(e^{jω}) = (1 + γ) − γ e^{−jω}, the same high-pass for every band;
+- pre-RoPE shear: H_i^pre(e^{jω}) = (1 + γ) − γ e^{jθ_i} e^{−jω}, the high-pass shifted by θ_i,
+  so that |H_i^pre(e^{jω})| = |H(e^{j(ω − θ_i)})|.
+
+Their difference has magnitude 2γ|sin(θ_i/2)| at every ω, negligible in slow bands and largest
+in fast ones. Band signals are complex (z = x_re + j x_im), so spectra are two-sided.
+
+Sources of the sheared keys:
+
+- a Momentum Attention model: its own placement and γ (``hook_mom_k`` after RoPE, or
+  ``hook_rot_k`` of the sheared key before it);
+- any other rotary bridge: the shear is attached both ways with a chosen γ
+  (:func:`spectral_forensics.momentum.attach.attach_momentum`), and both are measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from spectral_forensics.extract import NonFiniteActivationError, hook_name
+from spectral_forensics.models import LoadedModel
+from spectral_forensics.rope import RopeSpec
+from spectral_forensics.spectral.bands import to_bands
+from spectral_forensics.spectral.transfer import (
+    agreement,
+    coriolis_error,
+    cross_spectra,
+    magnitude_db,
+    momentum_response,
+    momentum_response_pre_rope,
+    transfer_from_spectra,
+)
+
+log = logging.getLogger(__name__)
+
+PLACEMENTS = ("post_rope", "pre_rope")
+COHERENCE_THRESHOLD = 0.99
+# A head "matches" a closed form when its measured |H| stays within this RMS error (dB) over
+# the coherent frequencies of all bands.
+MATCH_TOLERANCE_DB = 0.5
+
+
+@dataclass
+class PlacementMeasurement:
+    """The measured per-band response of one shear configuration.
+
+    Attributes
+    ----------
+    label : str
+        ``"native post_rope"`` for a momentum model's own shear, ``"attached pre_rope"`` for a
+        shear attached to a plain model, and so on.
+    placement : str
+        The placement the shear actually had (``"post_rope"`` or ``"pre_rope"``).
+    freqs : numpy.ndarray
+        Two-sided frequencies ω in radians per token, ascending in [−π, π), shape ``(n_freq,)``.
+    h, coherence : numpy.ndarray
+        Per-band H1 estimate and coherence, shape ``(n_layers, n_kv_heads, n_bands, n_freq)``.
+    rms_db : dict of str to numpy.ndarray
+        RMS of measured − closed-form |H| in dB over coherent frequencies and all bands, per
+        hypothesis (``"post_rope"``, ``"pre_rope"``), shape ``(n_layers, n_kv_heads)``.
+    r : numpy.ndarray
+        Agreement score: Pearson correlation of the measured |H| in dB, pooled over bands and
+        coherent frequencies, with the post-RoPE closed form, shape ``(n_layers, n_kv_heads)``.
+    mismatch : numpy.ndarray
+        Per-band mean |H_i(ω) − H(ω)| over coherent frequencies, the measured distance from the
+        post-RoPE closed form, shape ``(n_layers, n_kv_heads, n_bands)``.
+    verdict : numpy.ndarray of str
+        Per head: the hypothesis with the lower RMS error if it is below the match tolerance,
+        else ``"neither"``.
+    accuracy : float or None
+        Task accuracy of the model in this configuration, when measured.
+    """
+
+    label: str
+    placement: str
+    freqs: np.ndarray
+    h: np.ndarray
+    coherence: np.ndarray
+    rms_db: dict[str, np.ndarray]
+    r: np.ndarray
+    mismatch: np.ndarray
+    verdict: np.ndarray
+    accuracy: float | None = None
+
+
+@dataclass
+class PlacementAudit:
+    """Result of :func:`audit_rope_placement`.
+
+    Attributes
+    ----------
+    model_name : str
+    layers : list of int
+        Analysed layers.
+    kv_heads : list of int
+        Analysed key/value heads (the key stage has one head per key/value head).
+    theta : numpy.ndarray
+        Band frequencies in radians per token.
+    gamma : numpy.ndarray
+        γ per layer and key/value head.
+    native_placement : str or None
+        The placement a Momentum Attention model was built with; None for plain models.
+    measurements : list of PlacementMeasurement
+    settings : dict
+    """
+
+    model_name: str
+    layers: list[int]
+    kv_heads: list[int]
+    theta: np.ndarray
+    gamma: np.ndarray
+    native_placement: str | None
+    measurements: list[PlacementMeasurement]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def expected_mismatch(self) -> np.ndarray:
+        """2γ|sin(θ_i/2)| per layer, head and band: the pre-RoPE shear's distance from H."""
+        return coriolis_error(self.theta[None, None, :], self.gamma[..., None])
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per measurement, layer and key/value head."""
+        rows = []
+        for m in self.measurements:
+            for li, layer in enumerate(self.layers):
+                for gi, kv in enumerate(self.kv_heads):
+                    rows.append(
+                        {
+                            "measurement": m.label,
+                            "placement": m.placement,
+                            "layer": layer,
+                            "kv_head": kv,
+                            "gamma": float(self.gamma[li, gi]),
+                            "r_post_closed_form": float(m.r[li, gi]),
+                            "rms_db_post_rope": float(m.rms_db["post_rope"][li, gi]),
+                            "rms_db_pre_rope": float(m.rms_db["pre_rope"][li, gi]),
+                            "verdict": str(m.verdict[li, gi]),
+                            "max_band_mismatch": float(np.nanmax(m.mismatch[li, gi])),
+                            "accuracy": m.accuracy,
+                        }
+                    )
+        return rows
+
+
+def _rotate(k: torch.Tensor, rope: RopeSpec) -> torch.Tensor:
+    """RoPE rotation of ``(batch, pos, head, d_head)`` keys at positions 0..pos-1, float64."""
+    from spectral_forensics.extract import _rope_rotate
+
+    return _rope_rotate(k.double(), rope, rope.pairing)
+
+
+class _BandTransferAccumulator:
+    """Running two-sided cross-spectra of complex band signals per layer and key/value head."""
+
+    def __init__(self, n_layers: int, rope: RopeSpec, nperseg: int) -> None:
+        self.rope = rope
+        self.nperseg = nperseg
+        self.sums: list[np.ndarray] | None = None
+        self.freqs: np.ndarray | None = None
+        self.count = 0
+        self.n_layers = n_layers
+
+    def add(self, li: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        re, im = self.rope.band_dimensions()
+        xb = to_bands(x, re, im).numpy()
+        yb = to_bands(y.double(), re, im).numpy()
+        freqs, pxx, pyy, pxy = cross_spectra(xb, yb, self.nperseg, axis=1, average_axes=(0,), detrend=False)
+        if self.sums is None:
+            shape = (self.n_layers,) + pxx.shape
+            self.sums = [np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=np.complex128)]
+            self.freqs = freqs
+        batch = x.shape[0]
+        self.sums[0][li] += pxx * batch
+        self.sums[1][li] += pyy * batch
+        self.sums[2][li] += pxy * batch
+
+    def estimate(self):
+        order = np.argsort(self.freqs)
+        pxx, pyy, pxy = (s[..., order] / max(self.count, 1) for s in self.sums)
+        return transfer_from_spectra(self.freqs[order], pxx, pyy, pxy)
+
+
+def _measure(
+    loaded: LoadedModel,
+    windows: torch.Tensor,
+    layers: list[int],
+    kv_heads: list[int],
+    output_stage: str,
+    unshear_gamma: np.ndarray | None,
+    nperseg: int,
+    batch_size: int,
+    progress: bool,
+    label: str,
+):
+    """Accumulate band cross-spectra from rotate(hook_k) to ``output_stage`` for each window batch.
+
+    ``unshear_gamma`` (per layer, kv head) undoes an attached pre-RoPE shear that already
+    modified ``hook_k`` (attached hooks run before the capture hooks).
+    """
+    from spectral_forensics.momentum.operator import inverse_momentum_shear
+
+    rope = loaded.rope
+    acc = _BandTransferAccumulator(len(layers), rope, nperseg)
+    kv_index = torch.tensor(kv_heads, dtype=torch.long)
+    stop = max(layers) + 1
+    pending: dict[int, torch.Tensor] = {}
+    fired: set[str] = set()
+
+    def capture_k(li: int, layer: int):
+        name = hook_name(layer, "k")
+
+        def hook(x, hook):
+            fired.add(name)
+            k = x.detach().index_select(2, kv_index).double()
+            if not torch.isfinite(k).all():
+                raise NonFiniteActivationError(f"Non-finite key activation at layer {layer} ({name})")
+            if unshear_gamma is not None:
+                gamma = torch.from_numpy(unshear_gamma[li])[None, None, :, None]
+                k = inverse_momentum_shear(k, gamma, 1)
+            pending[li] = _rotate(k, rope)
+            return x
+
+        return hook
+
+    def capture_out(li: int, layer: int):
+        name = hook_name(layer, output_stage)
+
+        def hook(y, hook):
+            fired.add(name)
+            acc.add(li, pending.pop(li), y.detach().index_select(2, kv_index))
+            return y
+
+        return hook
+
+    hooks = []
+    for li, layer in enumerate(layers):
+        hooks.append((hook_name(layer, "k"), capture_k(li, layer)))
+        hooks.append((hook_name(layer, output_stage), capture_out(li, layer)))
+    expected = {name for name, _ in hooks}
+    bar = tqdm(total=windows.shape[0], desc=f"audit {label}", unit="win", disable=not progress)
+    with torch.no_grad():
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start : start + batch_size]
+            fired.clear()
+            loaded.bridge.run_with_hooks(
+                batch,
+                fwd_hooks=hooks,
+                return_type=None,
+                stop_at_layer=stop if stop < rope.n_layers else None,
+            )
+            if expected - fired:
+                raise RuntimeError(
+                    f"Hook(s) {sorted(expected - fired)[:4]} did not fire; the placement audit needs "
+                    "hook_k and the post-shear key stage of every analysed layer."
+                )
+            acc.count += batch.shape[0]
+            bar.update(batch.shape[0])
+    bar.close()
+    return acc.estimate()
+
+
+def _score(estimate, theta: np.ndarray, gamma: np.ndarray, label: str, placement: str) -> PlacementMeasurement:
+    freqs = estimate.freqs
+    g = gamma[:, :, None, None]
+    post = momentum_response(freqs[None, None, None, :], g)
+    pre = momentum_response_pre_rope(freqs, g, theta[None, None, :])
+    measured_db = magnitude_db(estimate.h)
+    coherent = estimate.coherence >= COHERENCE_THRESHOLD
+    rms = {}
+    for name, closed in (("post_rope", post), ("pre_rope", pre)):
+        error = np.where(coherent, measured_db - magnitude_db(closed), np.nan)
+        n_layers, n_heads = error.shape[:2]
+        with np.errstate(invalid="ignore"):
+            rms[name] = np.sqrt(np.nanmean(error.reshape(n_layers, n_heads, -1) ** 2, axis=-1))
+    flat_shape = estimate.h.shape[:2] + (-1,)
+    r, _ = agreement(
+        measured_db.reshape(flat_shape),
+        np.broadcast_to(magnitude_db(post), measured_db.shape).reshape(flat_shape),
+        mask=coherent.reshape(flat_shape),
+    )
+    with np.errstate(invalid="ignore"):
+        mismatch = np.nanmean(np.where(coherent, np.abs(estimate.h - post), np.nan), axis=-1)
+    best = np.where(rms["post_rope"] <= rms["pre_rope"], "post_rope", "pre_rope")
+    best_rms = np.minimum(rms["post_rope"], rms["pre_rope"])
+    verdict = np.where(best_rms <= MATCH_TOLERANCE_DB, best, "neither").astype(object)
+    return PlacementMeasurement(
+        label=label,
+        placement=placement,
+        freqs=freqs,
+        h=estimate.h,
+        coherence=estimate.coherence,
+        rms_db=rms,
+        r=np.asarray(r, dtype=float),
+        mismatch=mismatch,
+        verdict=verdict,
+    )
+
+
+def random_windows(vocab_size: int, n_windows: int, window: int, seed: int = 0) -> torch.Tensor:
+    """Uniform random token ids, for models without a tokenizer (the shear is input-independent)."""
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size={vocab_size} is too small for random token windows")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (n_windows, window), generator=generator)
+
+
+def audit_rope_placement(
+    loaded: LoadedModel,
+    windows: torch.Tensor,
+    *,
+    gamma: float | None = None,
+    layers: list[int] | None = None,
+    nperseg: int = 64,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> PlacementAudit:
+    """Measure each key head's per-band shear response and name the consistent RoPE placement.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        A Momentum Attention model (audited as built) or any rotary model (the shear is
+        attached with ``gamma`` at both placements in turn).
+    windows : torch.Tensor
+        Token ids ``(n_windows, window)``.
+    gamma : float, optional
+        γ to attach to a plain model; required there, ignored for momentum models.
+    layers : list of int, optional
+        Layers to audit (all by default).
+    nperseg : int
+        Welch segment length in tokens; the frequency resolution is 2π/nperseg.
+
+    Raises
+    ------
+    ValueError
+        A model without RoPE, a plain model without ``gamma``, a γ that is negative or not
+        finite, or windows shorter than ``nperseg``.
+    """
+    rope = loaded.rope
+    rope.require_rope("The RoPE placement audit")
+    layers = list(range(rope.n_layers)) if layers is None else list(layers)
+    if windows.shape[1] < nperseg:
+        raise ValueError(
+            f"Windows of {windows.shape[1]} tokens are shorter than nperseg={nperseg}, so the "
+            f"frequency resolution 2π/{nperseg} cannot be reached; use longer windows or a smaller "
+            "--nperseg."
+        )
+    kv_heads = list(range(rope.n_kv_heads))
+    model = loaded.hf_model
+    measurements = []
+    native = None
+    if hasattr(model, "momentum_gammas"):
+        native = model.config.placement
+        if native not in PLACEMENTS:
+            raise ValueError(
+                f"Model {loaded.name!r} has placement={native!r}: it applies no shear, so there is "
+                "nothing to audit. Audit a post_rope or pre_rope model, or attach the shear with --gamma."
+            )
+        table = model.momentum_gammas().double().cpu().numpy()[layers]
+        gammas = table[:, [h * rope.group_size for h in kv_heads]]
+        output_stage = "mom_k" if native == "post_rope" else "rot_k"
+        estimate = _measure(loaded, windows, layers, kv_heads, output_stage, None, nperseg, batch_size, progress, native)
+        measurements.append(_score(estimate, rope.theta, gammas, f"native {native}", native))
+    else:
+        if gamma is None:
+            raise ValueError(
+                f"Model {loaded.name!r} has no momentum shear of its own; pass --gamma to attach the "
+                "shear at both placements and audit them."
+            )
+        if not (math.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"gamma={gamma} must be a finite number ≥ 0")
+        from spectral_forensics.momentum.attach import attach_momentum
+
+        gammas = np.full((len(layers), len(kv_heads)), float(gamma))
+        for placement in PLACEMENTS:
+            handle = attach_momentum(loaded.bridge, gamma, placement=placement, layers=layers)
+            try:
+                unshear = gammas if placement == "pre_rope" else None
+                estimate = _measure(
+                    loaded, windows, layers, kv_heads, "rot_k", unshear, nperseg, batch_size, progress, placement
+                )
+            finally:
+                handle.detach()
+            measurements.append(_score(estimate, rope.theta, gammas, f"attached {placement}", placement))
+    return PlacementAudit(
+        model_name=loaded.name,
+        layers=layers,
+        kv_heads=kv_heads,
+        theta=np.asarray(rope.theta, dtype=float),
+        gamma=gammas,
+        native_placement=native,
+        measurements=measurements,
+        settings={
+            "n_windows": int(windows.shape[0]),
+            "window": int(windows.shape[1]),
+            "nperseg": nperseg,
+            "coherence_threshold": COHERENCE_THRESHOLD,
+            "match_tolerance_db": MATCH_TOLERANCE_DB,
+        },
+    )

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from spectral_forensics.spectral.transfer import coriolis_error
+
 
 @dataclass
 class BandSpectrum:
@@ -225,4 +227,106 @@ class BodeAnalysis:
                     row[f"transfer_max_dev_db_{suffix}"] = float(transfer.max_dev_db[li, hi])
                     row[f"transfer_gamma_{suffix}"] = float(transfer.gamma[li, hi])
                 rows.append(row)
+        return rows
+
+
+@dataclass
+class PlacementMeasurement:
+    """The measured per-band response of one shear configuration.
+
+    Attributes
+    ----------
+    label : str
+        ``"native post_rope"`` for a momentum model's own shear, ``"attached pre_rope"`` for a
+        shear attached to a plain model, and so on.
+    placement : str
+        The placement the shear actually had (``"post_rope"`` or ``"pre_rope"``).
+    freqs : numpy.ndarray
+        Two-sided frequencies ω in radians per token, ascending in [−π, π), shape ``(n_freq,)``.
+    h, coherence : numpy.ndarray
+        Per-band H1 estimate and coherence, shape ``(n_layers, n_kv_heads, n_bands, n_freq)``.
+    rms_db : dict of str to numpy.ndarray
+        RMS of measured − closed-form |H| in dB over coherent frequencies and all bands, per
+        hypothesis (``"post_rope"``, ``"pre_rope"``), shape ``(n_layers, n_kv_heads)``.
+    r : numpy.ndarray
+        Agreement score: Pearson correlation of the measured |H| in dB, pooled over bands and
+        coherent frequencies, with the post-RoPE closed form, shape ``(n_layers, n_kv_heads)``.
+    mismatch : numpy.ndarray
+        Per-band mean |H_i(ω) − H(ω)| over coherent frequencies, the measured distance from the
+        post-RoPE closed form, shape ``(n_layers, n_kv_heads, n_bands)``.
+    verdict : numpy.ndarray of str
+        Per head: the hypothesis with the lower RMS error if it is below the match tolerance,
+        else ``"neither"``.
+    accuracy : float or None
+        Task accuracy of the model in this configuration, when measured.
+    """
+
+    label: str
+    placement: str
+    freqs: np.ndarray
+    h: np.ndarray
+    coherence: np.ndarray
+    rms_db: dict[str, np.ndarray]
+    r: np.ndarray
+    mismatch: np.ndarray
+    verdict: np.ndarray
+    accuracy: float | None = None
+
+
+@dataclass
+class PlacementAudit:
+    """Result of :func:`audit_rope_placement`.
+
+    Attributes
+    ----------
+    model_name : str
+    layers : list of int
+        Analysed layers.
+    kv_heads : list of int
+        Analysed key/value heads (the key stage has one head per key/value head).
+    theta : numpy.ndarray
+        Band frequencies in radians per token.
+    gamma : numpy.ndarray
+        γ per layer and key/value head.
+    native_placement : str or None
+        The placement a Momentum Attention model was built with; None for plain models.
+    measurements : list of PlacementMeasurement
+    settings : dict
+    """
+
+    model_name: str
+    layers: list[int]
+    kv_heads: list[int]
+    theta: np.ndarray
+    gamma: np.ndarray
+    native_placement: str | None
+    measurements: list[PlacementMeasurement]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def expected_mismatch(self) -> np.ndarray:
+        """2γ|sin(θ_i/2)| per layer, head and band: the pre-RoPE shear's distance from H."""
+        return coriolis_error(self.theta[None, None, :], self.gamma[..., None])
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per measurement, layer and key/value head."""
+        rows = []
+        for m in self.measurements:
+            for li, layer in enumerate(self.layers):
+                for gi, kv in enumerate(self.kv_heads):
+                    rows.append(
+                        {
+                            "measurement": m.label,
+                            "placement": m.placement,
+                            "layer": layer,
+                            "kv_head": kv,
+                            "gamma": float(self.gamma[li, gi]),
+                            "r_post_closed_form": float(m.r[li, gi]),
+                            "rms_db_post_rope": float(m.rms_db["post_rope"][li, gi]),
+                            "rms_db_pre_rope": float(m.rms_db["pre_rope"][li, gi]),
+                            "verdict": str(m.verdict[li, gi]),
+                            "max_band_mismatch": float(np.nanmax(m.mismatch[li, gi])),
+                            "accuracy": m.accuracy,
+                        }
+                    )
         return rows

@@ -14,7 +14,7 @@ from spectral_forensics import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
-    from spectral_forensics.cli import bode
+    from spectral_forensics.cli import bode, forensics
 
     parser = argparse.ArgumentParser(
         prog="spectral-forensics",
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bode.add_parsers(subparsers)
+    forensics.add_parsers(subparsers)
     return parser
 
 

@@ -74,3 +74,15 @@ def test_model_without_rope_rejected():
 def test_windows_shorter_than_segment_rejected():
     with pytest.raises(ValueError, match="nperseg=128"):
         audit_rope_placement(loaded_llama(), WINDOWS[:, :64], gamma=1.0, nperseg=128, progress=False)
+
+
+@pytest.mark.slow
+def test_notebook_03_executes():
+    from conftest import execute_notebook
+
+    notebook = execute_notebook(
+        "03_rope_placement_audit.ipynb", {"SF_NB_TOKENS": "512", "SF_NB_LAYERS": "0,29"}
+    )
+    text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert "built post_rope -> verdicts ['post_rope']" in text
+    assert "built pre_rope  -> verdicts ['pre_rope']" in text

@@ -81,6 +81,8 @@ def analyse(
     temporal_cutoff: float = DEFAULT_TEMPORAL_CUTOFF,
     gamma: float = 1.0,
     transfer_pairs: Sequence[tuple[str, str]] = (),
+    windows: Any = None,
+    text_source: str | None = None,
     progress: bool = True,
 ) -> BodeAnalysis:
     """Measure the RoPE-band and temporal spectra of every selected head.
@@ -117,6 +119,11 @@ def analyse(
         Stage pairs (input, output) of the same heads, such as ``("rot_k", "mom_k")``, whose
         transfer function is measured (H1 estimate and coherence) and compared with the
         closed form of the momentum shear.
+    windows : torch.Tensor, optional
+        Token ids ``(n_windows, window)`` to analyse instead of tokenising ``text``; ``window``
+        and ``tokens`` are then taken from it. Models without a tokenizer need this.
+    text_source : str, optional
+        Description of ``windows`` for the report.
     progress : bool
         Show tqdm progress bars.
 
@@ -140,7 +147,14 @@ def analyse(
 
     from spectral_forensics.data.text import read_text
 
-    corpus = read_text(text)
+    if windows is not None:
+        window = int(windows.shape[1])
+        if nperseg > window:
+            raise ValueError(
+                f"nperseg={nperseg} is longer than the window of {window} tokens; use a smaller "
+                "--nperseg or longer windows"
+            )
+    corpus = read_text(text) if windows is None else None
     loaded = model if isinstance(model, LoadedModel) else None
     if loaded is None:
         if progress:
@@ -154,13 +168,16 @@ def analyse(
     elif bands:
         rope.require_rope("The RoPE-band spectrum")
     stages = tuple(temporal_stages) if temporal_stages else default_temporal_stages(rope)
-    if loaded.tokenizer is None:
-        raise ValueError(
-            f"Model {loaded.name!r} has no tokenizer, so it cannot read a text. Save a tokenizer "
-            "next to the weights, or analyse a model that has one."
-        )
-    source = str(text) if text is not None else "default Shakespeare corpus"
-    windows = tokenize_windows(corpus, loaded.tokenizer, window, tokens, source=source)
+    if windows is None:
+        if loaded.tokenizer is None:
+            raise ValueError(
+                f"Model {loaded.name!r} has no tokenizer, so it cannot read a text. Save a tokenizer "
+                "next to the weights, or pass token windows."
+            )
+        source = str(text) if text is not None else "default Shakespeare corpus"
+        windows = tokenize_windows(corpus, loaded.tokenizer, window, tokens, source=source)
+    else:
+        source = text_source or "token windows supplied by the caller"
 
     extractor = StreamingExtractor(
         loaded.bridge,

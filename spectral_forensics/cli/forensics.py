@@ -33,6 +33,49 @@ def add_parsers(subparsers) -> None:
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
     audit.set_defaults(func=run_audit)
 
+    induction = subparsers.add_parser(
+        "induction",
+        help="per-head induction, duplicate-token, previous-token and copying scores",
+        description=(
+            "Score every head on repeated random tokens drawn from the model's vocabulary (no "
+            "tokenizer needed), with repeat lengths that vary within the batch, and on the "
+            "eigenvalues of its OV circuit."
+        ),
+    )
+    induction.add_argument("--model", help="checkpoint, .gguf file, Hugging Face directory or hub id (default: embedded SmolLM2)")
+    induction.add_argument("--layers", type=index_list, help="layers to score (default: all)")
+    induction.add_argument("--batch", type=positive_int, default=32, help="rows of repeated tokens (default: 32)")
+    induction.add_argument("--min-len", type=positive_int, default=8, help="shortest repeat length n (default: 8)")
+    induction.add_argument("--max-len", type=positive_int, default=24, help="longest repeat length n (default: 24)")
+    induction.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default: 0)")
+    induction.add_argument("--out", default="scores", help="output directory, replaced atomically (default: scores)")
+    induction.add_argument("--quiet", action="store_true", help="no progress bars")
+    induction.set_defaults(func=run_induction)
+
+    report = subparsers.add_parser(
+        "report",
+        help="spectra, transfer functions, placement audit, orthogonality and induction in one report",
+        description=(
+            "Run every per-head measurement on one model and write a single sortable report "
+            "with a classification of each head (induction, DC-dominated, AC-dominated, mixed)."
+        ),
+    )
+    report.add_argument("--model", help="checkpoint, .gguf file, Hugging Face directory or hub id (default: embedded SmolLM2)")
+    report.add_argument("--gamma", type=float, help="γ attached to a plain model for the audit (momentum models use their own)")
+    report.add_argument("--text", help="UTF-8 text for models with a tokenizer (default: Shakespeare); others read random tokens")
+    report.add_argument("--layers", type=index_list, help="layers (default: all)")
+    report.add_argument("--heads", type=index_list, help="query heads (default: all)")
+    report.add_argument("--tokens", type=positive_int, default=4096, help="tokens to analyse (default: 4096)")
+    report.add_argument("--window", type=positive_int, default=512, help="tokens per forward pass (default: 512)")
+    report.add_argument("--nperseg", type=positive_int, default=64, help="Welch segment length in tokens (default: 64)")
+    report.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass (default: 4)")
+    report.add_argument("--seed", type=int, default=0, help="seed of random token windows and induction rows (default: 0)")
+    report.add_argument("--workers", type=positive_int, help="processes drawing the PNGs (default: CPU count)")
+    report.add_argument("--no-plots", action="store_true", help="write metrics and index.html only")
+    report.add_argument("--out", default="report", help="report directory, replaced atomically (default: report)")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
+    report.set_defaults(func=run_report)
+
 
 def load_windows(loaded, text, tokens: int, window: int, seed: int, nperseg: int):
     """Token windows from a text when the model has a tokenizer, else seeded random token ids."""
@@ -89,4 +132,62 @@ def run_audit(args: argparse.Namespace) -> int:
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(s["verdicts"].items()))
         print(f"{label}: heads consistent with {verdicts}; mean r = {s['mean_r']:.3f}")
     print(f"Audit report: {path / 'index.html'}")
+    return 0
+
+
+def run_induction(args: argparse.Namespace) -> int:
+    """Score heads, write the scores, print the strongest induction heads."""
+    from spectral_forensics.analysis import validate_indices
+    from spectral_forensics.metrics.induction import induction_scores
+    from spectral_forensics.models import load_model
+    from spectral_forensics.report import check_output_dir
+    from spectral_forensics.report_forensics import write_scores
+
+    if args.min_len > args.max_len:
+        raise ValueError(f"--min-len {args.min_len} is larger than --max-len {args.max_len}")
+    check_output_dir(args.out)
+    loaded = load_model(args.model)
+    layers = validate_indices(args.layers, loaded.rope.n_layers, "layers")
+    scores = induction_scores(
+        loaded.bridge, layers, batch=args.batch, min_len=args.min_len, max_len=args.max_len,
+        seed=args.seed, progress=not args.quiet,
+    )
+    path = write_scores(scores, args.out, loaded.name)
+    best = max(scores.records(), key=lambda r: r["induction"])
+    print(
+        f"Scored {len(layers)} layers × {scores.n_heads} heads; strongest induction head "
+        f"L{best['layer']}H{best['head']} ({best['induction']:.3f}); scores: {path / 'index.html'}"
+    )
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Run every forensic measurement and write the joined report."""
+    import math
+
+    from spectral_forensics.analysis import validate_indices
+    from spectral_forensics.forensics import run_forensics
+    from spectral_forensics.models import load_model
+    from spectral_forensics.report import check_output_dir
+    from spectral_forensics.report_forensics import write_forensic_report
+
+    if args.gamma is not None and not (math.isfinite(args.gamma) and args.gamma >= 0):
+        raise ValueError(f"--gamma {args.gamma} is invalid; use a finite number ≥ 0")
+    check_output_dir(args.out)
+    loaded = load_model(args.model)
+    loaded.rope.require_rope("The forensic report")
+    layers = validate_indices(args.layers, loaded.rope.n_layers, "layers")
+    heads = validate_indices(args.heads, loaded.rope.n_heads, "heads")
+    windows = load_windows(loaded, args.text, args.tokens, args.window, args.seed, args.nperseg)
+    source = "random token ids" if loaded.tokenizer is None else (args.text or "default Shakespeare corpus")
+    report = run_forensics(
+        loaded, windows, text_source=str(source), layers=layers, heads=heads, gamma=args.gamma,
+        nperseg=args.nperseg, batch_size=args.batch_size, progress=not args.quiet,
+    )
+    path = write_forensic_report(report, args.out, draw=not args.no_plots, workers=args.workers,
+                                 progress=not args.quiet)
+    counts: dict[str, int] = {}
+    for record in report.records():
+        counts[record["class"]] = counts.get(record["class"], 0) + 1
+    print(f"Classified {sum(counts.values())} heads: {counts}; report: {path / 'index.html'}")
     return 0

@@ -86,3 +86,13 @@ def test_report_on_model_without_momentum_stage(tmp_path, capsys):
     assert status == 2
     assert "placement='none'" in captured.err
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_notebook_04_executes():
+    from conftest import execute_notebook
+
+    notebook = execute_notebook("04_head_forensics.ipynb", {"SF_NB_TOKENS": "512", "SF_NB_LAYERS": "0,29"})
+    text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert "mean overlap post-RoPE" in text
+    assert "induction" in text

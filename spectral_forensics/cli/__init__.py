@@ -14,7 +14,7 @@ from spectral_forensics import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
-    from spectral_forensics.cli import bode, forensics
+    from spectral_forensics.cli import bode, forensics, train
 
     parser = argparse.ArgumentParser(
         prog="spectral-forensics",
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bode.add_parsers(subparsers)
     forensics.add_parsers(subparsers)
+    train.add_parsers(subparsers)
     return parser
 
 

@@ -86,7 +86,9 @@ def run_bode(args: argparse.Namespace) -> int:
         gamma=args.gamma,
         progress=not args.quiet,
     )
-    path = write_report(analysis, args.out, draw=not args.no_plots, workers=args.workers)
+    path = write_report(
+        analysis, args.out, draw=not args.no_plots, workers=args.workers, progress=not args.quiet
+    )
     n_heads = len(analysis.layers) * len(analysis.heads)
     print(
         f"Analysed {n_heads} heads ({len(analysis.layers)} layers × {len(analysis.heads)} heads) "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from spectral_forensics.data.tasks import BOS_TOKEN
+from spectral_forensics.metrics.induction import MIN_REPEAT_LENGTH, induction_scores
 from spectral_forensics.momentum.adapter import build_momentum_bridge
 from spectral_forensics.train import (
     build_task,
@@ -31,104 +32,6 @@ from spectral_forensics.train import (
 logger = logging.getLogger(__name__)
 
 EVALUATION_FILE = "evaluation.json"
-
-
-def repeated_tokens(
-    batch_size: int,
-    max_repeat: int,
-    vocab_size: int,
-    *,
-    min_repeat: int | None = None,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build sequences ``[BOS, r_1 … r_n, r_1 … r_n, filler]`` with a repeat length n per row.
-
-    Parameters
-    ----------
-    batch_size : int
-        Number of sequences.
-    max_repeat : int
-        Largest repeat length; every row has ``1 + 2 * max_repeat`` tokens.
-    vocab_size : int
-        Token ids are drawn from ``1 … vocab_size - 1`` (0 is BOS).
-    min_repeat : int, optional
-        Smallest repeat length (default ``max(2, max_repeat // 2)``). Each row draws n
-        uniformly from ``[min_repeat, max_repeat]``.
-    seed : int
-        Seed of the random tokens and lengths.
-
-    Returns
-    -------
-    tokens : torch.Tensor
-        int64, shape (batch, pos) with pos = 1 + 2 * max_repeat. Positions after the second
-        copy hold random filler.
-    repeat_lengths : torch.Tensor
-        int64, shape (batch,): n of each row.
-
-    Notes
-    -----
-    The tokens of one copy are distinct when ``vocab_size - 1 >= max_repeat``, so each token
-    of the second copy has exactly one previous occurrence.
-    """
-    min_repeat = max(2, max_repeat // 2) if min_repeat is None else min_repeat
-    if not 1 <= min_repeat <= max_repeat:
-        raise ValueError(
-            f"min_repeat={min_repeat}, max_repeat={max_repeat} are not valid; they need 1 <= min_repeat <= max_repeat"
-        )
-    if vocab_size < 2:
-        raise ValueError(f"vocab_size={vocab_size} is not valid; it needs BOS and at least one other token")
-    generator = torch.Generator().manual_seed(seed)
-    content = vocab_size - 1
-    length = 1 + 2 * max_repeat
-    if content >= max_repeat:
-        segment = torch.rand(batch_size, content, generator=generator).argsort(dim=1)[:, :max_repeat] + 1
-    else:
-        segment = torch.randint(1, vocab_size, (batch_size, max_repeat), generator=generator)
-    tokens = torch.randint(1, vocab_size, (batch_size, length), generator=generator)
-    tokens[:, 0] = BOS_TOKEN
-    lengths = torch.randint(min_repeat, max_repeat + 1, (batch_size,), generator=generator)
-    for row, n in enumerate(lengths.tolist()):
-        tokens[row, 1 : 1 + n] = segment[row, :n]
-        tokens[row, 1 + n : 1 + 2 * n] = segment[row, :n]
-    return tokens, lengths
-
-
-def attention_scores(pattern: torch.Tensor, repeat_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Score each head's attention on rows built by :func:`repeated_tokens`.
-
-    Parameters
-    ----------
-    pattern : torch.Tensor
-        Attention probabilities of one layer, shape (batch, head, query_pos, key_pos).
-    repeat_lengths : torch.Tensor
-        Repeat length n of each row, shape (batch,).
-
-    Returns
-    -------
-    dict of torch.Tensor
-        Each of shape (head,), averaged over the second-copy positions t = n + 1 … 2n of
-        every row:
-
-        - ``induction``: attention to t - n + 1, the token after the previous occurrence;
-        - ``duplicate``: attention to t - n, the previous occurrence itself;
-        - ``previous_token``: attention to t - 1.
-
-    Notes
-    -----
-    Rows have different n, so a head that attends to a fixed offset, which RoPE makes easy,
-    matches the induction offset n - 1 in only some rows and cannot score 1.
-    """
-    if pattern.ndim != 4:
-        raise ValueError(f"pattern has shape {tuple(pattern.shape)}; expected (batch, head, query_pos, key_pos)")
-    pattern = pattern.float()
-    totals = {name: torch.zeros(pattern.shape[1]) for name in ("induction", "duplicate", "previous_token")}
-    count = 0
-    for row, n in enumerate(repeat_lengths.tolist()):
-        queries = torch.arange(n + 1, 2 * n + 1)
-        for name, lag in (("induction", n - 1), ("duplicate", n), ("previous_token", 1)):
-            totals[name] += pattern[row, :, queries, queries - lag].sum(dim=-1).cpu()
-        count += n
-    return {name: total / count for name, total in totals.items()}
 
 
 @torch.no_grad()
@@ -169,33 +72,6 @@ def attention_patterns(
     return [cache[name].detach().float().cpu() for name in names]
 
 
-def head_attention_scores(
-    model: torch.nn.Module,
-    tokens: torch.Tensor,
-    repeat_lengths: torch.Tensor,
-    device: str | torch.device = "cpu",
-) -> dict[str, np.ndarray]:
-    """Compute induction, duplicate-token and previous-token scores of every head.
-
-    Parameters
-    ----------
-    model : MomentumForCausalLM
-        The model.
-    tokens, repeat_lengths : torch.Tensor
-        Rows and repeat lengths from :func:`repeated_tokens`.
-    device : str or torch.device
-        Device of the forward pass.
-
-    Returns
-    -------
-    dict of numpy.ndarray
-        ``induction``, ``duplicate``, ``previous_token``, each of shape (layer, head); see
-        :func:`attention_scores`.
-    """
-    per_layer = [attention_scores(pattern, repeat_lengths) for pattern in attention_patterns(model, tokens, device)]
-    return {key: torch.stack([scores[key] for scores in per_layer]).numpy() for key in per_layer[0]}
-
-
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -215,8 +91,9 @@ def evaluate_run(
     eval_batches : int, optional
         Evaluation batches (default: the run's ``eval_batches``).
     induction_batch_size : int
-        Rows of repeated random tokens for the per-head scores. Their repeat lengths are drawn
-        from ``[max(2, m // 2), m]`` with m = (seq_len - 1) // 2.
+        Rows of repeated random tokens for the per-head scores
+        (:func:`spectral_forensics.metrics.induction.induction_scores`). Their repeat lengths
+        are drawn from ``[max(3, m // 2), m]`` with m = (seq_len - 1) // 2.
     write : bool
         Write ``evaluation.json`` into the run directory (atomically).
 
@@ -225,8 +102,8 @@ def evaluate_run(
     dict
         ``step``, ``checkpoint``, ``task``, ``chance_accuracy``, ``eval`` (``loss`` in nats
         per scored token, ``accuracy``, ``tokens``), ``gamma`` (layer × head), and
-        ``heads`` with ``induction``, ``duplicate`` and ``previous_token`` scores (layer ×
-        head lists), ``repeat_lengths`` and the best induction head.
+        ``heads`` with ``induction``, ``duplicate``, ``previous_token`` and ``copying`` scores
+        (layer × head lists), ``repeat_lengths`` and the best induction head.
 
     Raises
     ------
@@ -253,8 +130,29 @@ def evaluate_run(
     )
 
     max_repeat = (task.seq_len - 1) // 2
-    tokens, lengths = repeated_tokens(induction_batch_size, max_repeat, task.vocab_size, seed=config.seed)
-    scores = head_attention_scores(model, tokens, lengths, device)
+    min_repeat = max(MIN_REPEAT_LENGTH, max_repeat // 2)
+    if max_repeat < MIN_REPEAT_LENGTH:
+        raise ValueError(
+            f"seq_len={task.seq_len} is too short for induction scores; they need repeats of at "
+            f"least {MIN_REPEAT_LENGTH} tokens, so seq_len >= {1 + 2 * MIN_REPEAT_LENGTH}"
+        )
+    # Building a bridge replaces submodules of the model it wraps, so score a copy.
+    bridge = build_momentum_bridge(copy.deepcopy(model).eval())
+    head_scores = induction_scores(
+        bridge,
+        batch=induction_batch_size,
+        min_len=min_repeat,
+        max_len=max_repeat,
+        seed=config.seed,
+        bos_id=BOS_TOKEN,
+        exclude_ids=(BOS_TOKEN,),
+    )
+    scores = {
+        "induction": head_scores.induction,
+        "duplicate": head_scores.duplicate_token,
+        "previous_token": head_scores.previous_token,
+        "copying": head_scores.copying,
+    }
     best = np.unravel_index(int(np.argmax(scores["induction"])), scores["induction"].shape)
 
     result = {
@@ -269,7 +167,7 @@ def evaluate_run(
         "placement": config.placement,
         "heads": {
             **{key: value.tolist() for key, value in scores.items()},
-            "repeat_lengths": [int(lengths.min()), int(lengths.max())],
+            "repeat_lengths": [min_repeat, max_repeat],
             "rows": induction_batch_size,
             "best_induction_head": {
                 "layer": int(best[0]),

@@ -16,10 +16,7 @@ import torch
 
 from spectral_forensics.evaluate import (
     EVALUATION_FILE,
-    attention_scores,
     evaluate_run,
-    head_attention_scores,
-    repeated_tokens,
 )
 from spectral_forensics.train import (
     METRICS_FILE,
@@ -294,46 +291,3 @@ def test_momentum_run_has_stronger_induction_heads(induction_runs):
     assert best[4.0] > 2 * best[0.0]
 
 
-def test_attention_scores_of_planted_heads():
-    lengths = torch.tensor([3, 5, 4])
-    positions = 1 + 2 * 5
-    pattern = torch.zeros(3, 3, positions, positions)
-    for row, n in enumerate(lengths.tolist()):
-        for t in range(n + 1, 2 * n + 1):
-            pattern[row, 0, t, t - n + 1] = 1.0  # induction head
-            pattern[row, 1, t, t - 1] = 1.0  # previous-token head
-            pattern[row, 2, t, t - 3] = 1.0  # fixed offset 3: induction only where n = 4
-    scores = attention_scores(pattern, lengths)
-    assert scores["induction"].tolist() == pytest.approx([1.0, 0.0, 4 / 12])
-    assert scores["previous_token"].tolist() == pytest.approx([0.0, 1.0, 0.0])
-    assert scores["duplicate"].tolist() == pytest.approx([0.0, 0.0, 3 / 12])
-
-
-def test_repeated_tokens_layout():
-    tokens, lengths = repeated_tokens(16, 10, 50, seed=1)
-    assert tokens.shape == (16, 21)
-    assert int(lengths.min()) >= 5
-    assert len(set(lengths.tolist())) > 1
-    for row, n in zip(tokens, lengths.tolist()):
-        assert int(row[0]) == 0
-        assert torch.equal(row[1 : 1 + n], row[1 + n : 1 + 2 * n])
-        assert len(set(row[1 : 1 + n].tolist())) == n
-
-
-def test_bridge_scores_match_model_attention():
-    config = TrainConfig(seq_len=21, vocab_size=40, layers=2, d_model=32, heads=2, gamma=[0.5, 2.0])
-    model = build_model(config).eval()
-    tokens, lengths = repeated_tokens(4, 10, 40, seed=2)
-    captured = []
-    handles = [
-        layer.self_attn.register_forward_hook(lambda module, args, output: captured.append(output[1]))
-        for layer in model.model.layers
-    ]
-    with torch.no_grad():
-        model(tokens)
-    for handle in handles:
-        handle.remove()
-    expected = np.stack([attention_scores(weights, lengths)["induction"].numpy() for weights in captured])
-    scores = head_attention_scores(model, tokens, lengths)
-    np.testing.assert_allclose(scores["induction"], expected, atol=1e-5)
-    assert not hasattr(model.model.layers[0], "original_component")

@@ -155,7 +155,7 @@ def _measure(
                 batch,
                 fwd_hooks=hooks,
                 return_type=None,
-                stop_at_layer=stop if stop < rope.n_layers else None,
+                stop_at_layer=stop,
             )
             if expected - fired:
                 raise RuntimeError(

@@ -100,9 +100,13 @@ class HeadStatistics:
 
 
 def _check_finite(x: torch.Tensor, layer: int, stage: str, heads_axis: int = 2) -> None:
-    if bool(torch.isfinite(x).all()):
+    # A sum is NaN or infinite whenever an element is (a float32 overflow of the sum itself
+    # would need activations near 1e34), and costs one reduction instead of a mask.
+    if bool(torch.isfinite(x.sum())):
         return
     bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
     other_axes = [a for a in range(x.ndim) if a != heads_axis]
     bad_heads = bad.any(dim=other_axes[-1]).any(dim=other_axes[1]).any(dim=other_axes[0])
     heads = [int(h) for h in torch.nonzero(bad_heads).flatten()]
@@ -410,8 +414,8 @@ class StreamingExtractor:
     def run(self, windows: torch.Tensor, batch_size: int = 4, progress: bool = True) -> HeadStatistics:
         """Run the model over ``windows`` (``(n_windows, window)`` token ids) and accumulate.
 
-        The forward pass stops after the last analysed layer, so the unembedding and later
-        blocks are never computed.
+        The forward pass stops after the last analysed layer, so later blocks, the final norm
+        and the unembedding are never computed.
 
         Raises
         ------
@@ -422,8 +426,9 @@ class StreamingExtractor:
         """
         if windows.ndim != 2 or windows.shape[0] == 0:
             raise ValueError(f"windows must have shape (n_windows, window), got {tuple(windows.shape)}")
-        stop = max(self.layers) + 1
-        stop_at_layer = stop if stop < self.rope.n_layers else None
+        # Stopping after the last analysed block also skips the final norm and the unembedding
+        # (stop_at_layer = n_layers still stops before them).
+        stop_at_layer = max(self.layers) + 1
         device = next(self.bridge.original_model.parameters()).device
         hooks = self.fwd_hooks()
         n_batches = (windows.shape[0] + batch_size - 1) // batch_size

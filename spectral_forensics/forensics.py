@@ -103,7 +103,7 @@ def _query_orthogonality(loaded: LoadedModel, windows: torch.Tensor, layers, hea
             windows,
             fwd_hooks=[(hook_name(layer, "q"), keep(layer)) for layer in layers],
             return_type=None,
-            stop_at_layer=stop if stop < rope.n_layers else None,
+            stop_at_layer=stop,
         )
     out: dict[str, list] = {"post_rope": [], "pre_rope": []}
     for li, layer in enumerate(layers):

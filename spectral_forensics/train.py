@@ -6,6 +6,8 @@ A run lives in one directory::
         train_config.json                  the TrainConfig, with task defaults filled in
         metrics.jsonl                      one JSON object per line: train and eval records
         checkpoints/step-00001000/         config.json, model.safetensors, trainer_state.pt
+        config.json, model.safetensors     copies of the newest checkpoint's model, so the run
+                                           directory loads with from_pretrained(RUN_DIR)
 
 A train record ``{"step", "split": "train", "loss", "accuracy", "lr", "grad_norm"}`` describes
 the batch of update ``step`` (1-based), measured before that update. An eval record
@@ -501,7 +503,23 @@ def _save_checkpoint(run_dir: Path, model: MomentumForCausalLM, trainer_state: d
     for old in [*root.glob("step-*"), *root.glob(".step-*.tmp")]:
         if old != final and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
+    _export_latest(run_dir, final)
     return final
+
+
+def _export_latest(run_dir: Path, checkpoint: Path) -> None:
+    """Copy the checkpoint's model files to the run directory itself.
+
+    ``from_pretrained(RUN_DIR)`` and ``spectral-forensics bode --model RUN_DIR`` then load the
+    newest model. Each file is replaced atomically; the checkpoint directory keeps the
+    matching set if a run dies between two files.
+    """
+    for source in checkpoint.iterdir():
+        if source.name == TRAINER_STATE_FILE or not source.is_file():
+            continue
+        temporary = run_dir / f".{source.name}.tmp"
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, run_dir / source.name)
 
 
 def load_checkpoint_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> MomentumForCausalLM:

@@ -69,7 +69,10 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_run_directory_layout(uninterrupted):
-    assert sorted(p.name for p in uninterrupted.iterdir()) == ["checkpoints", METRICS_FILE, "train_config.json"]
+    assert sorted(p.name for p in uninterrupted.iterdir()) == [
+        "checkpoints", "config.json", "generation_config.json", METRICS_FILE, "model.safetensors",
+        "train_config.json",
+    ]
     assert [p.name for p in (uninterrupted / "checkpoints").iterdir()] == ["step-00000012"]
     saved = json.loads((uninterrupted / "train_config.json").read_text())
     assert saved["gamma"] == 1.0
@@ -291,3 +294,19 @@ def test_momentum_run_has_stronger_induction_heads(induction_runs):
     assert best[4.0] > 2 * best[0.0]
 
 
+
+
+def test_run_directory_loads_as_model(uninterrupted):
+    import spectral_forensics  # noqa: F401  (registers the momentum architecture)
+    from transformers import AutoModelForCausalLM
+
+    from spectral_forensics.models import load_model
+
+    model = AutoModelForCausalLM.from_pretrained(uninterrupted)
+    checkpoint = sorted((uninterrupted / "checkpoints").glob("step-*"))[-1]
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint)
+    for (name, value), (_, expected) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(value, expected), name
+    loaded = load_model(uninterrupted)
+    assert loaded.tokenizer is None
+    assert "blocks.0.attn.hook_mom_k" in loaded.bridge.hook_dict

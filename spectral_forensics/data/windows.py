@@ -9,6 +9,31 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# Characters per token assumed for the first attempt at tokenising only a prefix; English BPE
+# averages about 4, so the first attempt nearly always suffices.
+_CHARS_PER_TOKEN = 6
+
+
+def _tokenize_prefix(text: str, tokenizer, n_tokens: int | None) -> list[int]:
+    """Token ids of a prefix of ``text`` holding at least ``n_tokens`` tokens (all of it for None).
+
+    Tokenising a whole corpus (the default Shakespeare text has 5 million characters) costs
+    seconds, so only a prefix is tokenised, doubled until it holds enough tokens. The last
+    token of a cut prefix may be split differently from the whole text, so one token is
+    dropped at every cut.
+    """
+    if n_tokens is None:
+        return tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    length = n_tokens * _CHARS_PER_TOKEN + 1000
+    while True:
+        ids = tokenizer(text[:length], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        if length >= len(text):
+            return ids
+        if len(ids) > n_tokens:
+            return ids[:-1]
+        length *= 2
+
+
 def tokenize_windows(
     text: str,
     tokenizer,
@@ -54,7 +79,7 @@ def tokenize_windows(
             f"tokens={n_tokens} is less than one window of {window} tokens; raise --tokens or "
             "lower --window"
         )
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    ids = _tokenize_prefix(text, tokenizer, None if n_tokens is None else max(n_tokens, min_tokens or 0))
     available = len(ids)
     needed = max(window, min_tokens or 0)
     if available < needed:

@@ -14,7 +14,9 @@ windows:
     then a Python loop over layers and heads calling scipy.signal.welch and numpy per head;
 (d) drawing: every PNG, the plotly page and the HTML report from the result of (b).
 
-Prints a table and the ratios (b)/(a) and (b)/(c).
+Forward, analysis and alternative run ``--repeats`` times, interleaved, because the speed of a
+shared 2-core machine drifts by 10-20 % between minutes; medians are reported. Prints each run,
+the medians and the ratios (b)/(a) and (b)/(c).
 """
 
 from __future__ import annotations
@@ -141,6 +143,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--nperseg", type=int, default=128)
     parser.add_argument("--stages", default="forward,analysis,alternative,drawing")
+    parser.add_argument(
+        "--repeats", type=int, default=2,
+        help="runs of forward, analysis and alternative, interleaved; the median is reported",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -149,8 +155,11 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
-    results = {}
-    for stage in args.stages.split(","):
+    stages = args.stages.split(",")
+    timed = [s for s in stages if s != "drawing"]
+    order = timed * args.repeats + [s for s in stages if s == "drawing"]
+    runs: dict[str, list[dict]] = {}
+    for stage in order:
         command = [
             sys.executable, __file__, "--child", stage, "--tokens", str(args.tokens),
             "--window", str(args.window), "--batch-size", str(args.batch_size),
@@ -161,13 +170,19 @@ def main() -> None:
         line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"stage {stage} failed:\n{output.stderr[-3000:]}")
-        results[stage] = json.loads(line[len("RESULT "):])
-        r = results[stage]
+        r = json.loads(line[len("RESULT "):])
+        runs.setdefault(stage, []).append(r)
         print(
             f"{stage:12s} {r['seconds']:8.2f} s   peak RSS {r['peak_rss_mib']:7.0f} MiB "
             f"(after model load {r['rss_after_load_mib']:.0f} MiB)",
             flush=True,
         )
+    results = {}
+    for stage, values in runs.items():
+        seconds = sorted(v["seconds"] for v in values)
+        results[stage] = dict(values[0], seconds=float(np.median(seconds)))
+        print(f"{stage:12s} median {results[stage]['seconds']:.2f} s over {len(values)} run(s): "
+              + ", ".join(f"{x:.2f}" for x in seconds))
     print(f"settings: tokens={args.tokens} window={args.window} batch_size={args.batch_size} nperseg={args.nperseg}, 30 layers x 9 heads")
     if "forward" in results and "analysis" in results:
         print(f"(b)/(a) analysis / forward      = {results['analysis']['seconds'] / results['forward']['seconds']:.2f}  (target <= 1.3)")

@@ -46,7 +46,7 @@ def hook_name(layer: int, stage: str) -> str:
 
 
 def is_key_stage(stage: str) -> bool:
-    """Whether ``stage`` holds keys (and so has one head per key/value head)."""
+    """Whether ``stage`` contains keys (and so has one head per key/value head)."""
     return stage.endswith("k")
 
 

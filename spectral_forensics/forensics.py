@@ -43,7 +43,7 @@ class ForensicReport:
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
 
     def records(self) -> list[dict[str, Any]]:
-        """One record per (layer, head) joining every measurement, plus its class."""
+        """Return one record per (layer, head) joining every measurement, plus its class."""
         rows = self.analysis.records()
         lookup_induction = {(r["layer"], r["head"]): r for r in self.induction.records()}
         audit_rows = {}

@@ -309,7 +309,7 @@ class PlacementAudit:
         return coriolis_error(self.theta[None, None, :], self.gamma[..., None])
 
     def records(self) -> list[dict[str, Any]]:
-        """One flat record per measurement, layer and key/value head."""
+        """Return one flat record per measurement, layer and key/value head."""
         rows = []
         for m in self.measurements:
             for li, layer in enumerate(self.layers):

@@ -18,7 +18,7 @@ def _tokenize_prefix(text: str, tokenizer, n_tokens: int | None) -> list[int]:
     """Token ids of a prefix of ``text`` holding at least ``n_tokens`` tokens (all of it for None).
 
     Tokenising a whole corpus (the default Shakespeare text has 5 million characters) costs
-    seconds, so only a prefix is tokenised, doubled until it holds enough tokens. The last
+    seconds, so only a prefix is tokenised, doubled until it contains enough tokens. The last
     token of a cut prefix may be split differently from the whole text, so one token is
     dropped at every cut.
     """

@@ -76,3 +76,20 @@ def test_momentum_stage_on_plain_model_says_how_to_attach():
     with pytest.raises(ValueError, match="attach_momentum"):
         StreamingExtractor(bridge, rope_spec_from_config(model.config), [0], [0],
                            transfer_pairs=(("rot_k", "mom_k"),))
+
+
+def test_bode_plot_overlays_measured_transfer():
+    from spectral_forensics.analysis import analyse
+    from spectral_forensics.audit import random_windows
+    from spectral_forensics.plots.bode import plot_head_bode
+
+    loaded = momentum_bridge([[1.0, 1.0, 3.0, 3.0], [0.5, 0.5, 2.0, 2.0]])
+    analysis = analyse(loaded, None, windows=random_windows(101, 4, 128), nperseg=32,
+                       transfer_pairs=[("rot_k", "mom_k")], progress=False)
+    figure = plot_head_bode(analysis, layer=1, head=2)
+    labels = [line.get_label() for ax in figure.axes for line in ax.get_lines()]
+    assert any(label.startswith("measured H rot_k:mom_k") for label in labels)
+    assert "closed form for rot_k:mom_k" in labels
+    record = analysis.records()[6]
+    assert record["transfer_gamma_rot_k_mom_k"] == 2.0
+    assert record["transfer_r_rot_k_mom_k"] > 0.99

@@ -277,6 +277,24 @@ class HeadBodeFigure:
         twin.plot(omega, response_db, color="k", ls=":", lw=1.4,
                   label=f"closed form, γ = {gamma:g}")
         twin.set_ylabel("|H(e^jω)|² (dB)")
+        self.ax_twin = twin
+
+        # Measured stage transfer functions: solid where the coherence reaches the threshold of
+        # the agreement score, faint elsewhere, with the head's own closed form dotted.
+        self.transfer_lines = []
+        colors = ["tab:green", "tab:red", "tab:purple", "tab:brown"]
+        for index, transfer in enumerate(self.analysis.transfers):
+            on_axis = np.asarray(transfer.freqs) > 0
+            omega_t = np.asarray(transfer.freqs)[on_axis]
+            (coherent,) = twin.plot(omega_t, np.zeros_like(omega_t), lw=1.6,
+                                    color=colors[index % len(colors)],
+                                    label=f"measured H {transfer.name} "
+                                          f"(faint: coherence < {transfer.coherence_threshold:g})")
+            (faint,) = twin.plot(omega_t, np.zeros_like(omega_t), lw=0.8, alpha=0.3,
+                                 color=coherent.get_color())
+            (theory,) = twin.plot(omega_t, np.zeros_like(omega_t), lw=1.2, ls=":",
+                                  color=coherent.get_color(), label=f"closed form for {transfer.name}")
+            self.transfer_lines.append((transfer, on_axis, coherent, faint, theory))
 
         handles, labels = ax.get_legend_handles_labels()
         twin_handles, twin_labels = twin.get_legend_handles_labels()
@@ -300,6 +318,18 @@ class HeadBodeFigure:
             self.psd_lines[stage].set_ydata(psd_db)
             drawn.append(psd_db)
         _rescale_y(self.ax_psd, drawn)
+
+        if self.transfer_lines:
+            drawn_h = [20 * np.log10(np.abs(momentum_response(
+                np.asarray(analysis.temporal.freqs)[self._freq_on_axis], analysis.gamma)))]
+            for transfer, on_axis, coherent, faint, theory in self.transfer_lines:
+                h_db = 20 * np.log10(np.maximum(np.abs(transfer.h[li, hi][on_axis]), 1e-300))
+                coherence = transfer.coherence[li, hi][on_axis]
+                coherent.set_ydata(np.where(coherence >= transfer.coherence_threshold, h_db, np.nan))
+                faint.set_ydata(h_db)
+                theory.set_ydata(20 * np.log10(np.abs(transfer.theory[li, hi][on_axis])))
+                drawn_h.append(h_db)
+            _rescale_y(self.ax_twin, drawn_h)
         self.title.set_text(f"L{layer}H{head} · {analysis.model_name}")
         return self.fig
 

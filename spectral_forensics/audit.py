@@ -221,6 +221,7 @@ def audit_rope_placement(
     layers: list[int] | None = None,
     nperseg: int = 64,
     batch_size: int = 4,
+    task_accuracy=None,
     progress: bool = True,
 ) -> PlacementAudit:
     """Measure each key head's per-band shear response and name the consistent RoPE placement.
@@ -238,6 +239,10 @@ def audit_rope_placement(
         Layers to audit (all by default).
     nperseg : int
         Welch segment length in tokens; the frequency resolution is 2π/nperseg.
+    task_accuracy : callable, optional
+        ``task_accuracy(model) -> float`` for trained task models: the audit then also
+        evaluates the Momentum Attention model with its shear at each placement (the same
+        weights, the placement switched) and records both accuracies.
 
     Raises
     ------
@@ -258,6 +263,7 @@ def audit_rope_placement(
     model = loaded.hf_model
     measurements = []
     native = None
+    task_accuracies = None
     if hasattr(model, "momentum_gammas"):
         native = model.config.placement
         if native not in PLACEMENTS:
@@ -269,7 +275,12 @@ def audit_rope_placement(
         gammas = table[:, [h * rope.group_size for h in kv_heads]]
         output_stage = "mom_k" if native == "post_rope" else "rot_k"
         estimate = _measure(loaded, windows, layers, kv_heads, output_stage, None, nperseg, batch_size, progress, native)
-        measurements.append(_score(estimate, rope.theta, gammas, f"native {native}", native))
+        measurement = _score(estimate, rope.theta, gammas, f"native {native}", native)
+        if task_accuracy is not None:
+            accuracies = placement_accuracies(model, task_accuracy)
+            measurement.accuracy = accuracies[native]
+            task_accuracies = accuracies
+        measurements.append(measurement)
     else:
         if gamma is None:
             raise ValueError(
@@ -305,5 +316,23 @@ def audit_rope_placement(
             "nperseg": nperseg,
             "coherence_threshold": COHERENCE_THRESHOLD,
             "match_tolerance_db": MATCH_TOLERANCE_DB,
+            "task_accuracy": task_accuracies,
         },
     )
+
+
+def placement_accuracies(model, task_accuracy) -> dict[str, float]:
+    """Task accuracy of a Momentum Attention model with its shear at each placement.
+
+    The weights stay the same; only where the shear acts changes, on a copy of the model.
+    """
+    import copy
+
+    out = {}
+    for placement in PLACEMENTS:
+        variant = copy.deepcopy(model).eval()
+        variant.config.placement = placement
+        for layer in variant.model.layers:
+            layer.self_attn.placement = placement
+        out[placement] = float(task_accuracy(variant))
+    return out

@@ -86,3 +86,27 @@ def test_notebook_03_executes():
     text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     assert "built post_rope -> verdicts ['post_rope']" in text
     assert "built pre_rope  -> verdicts ['pre_rope']" in text
+
+
+def test_audit_of_training_run_reports_both_accuracies(tmp_path, capsys):
+    from spectral_forensics.cli import main
+    from spectral_forensics.evaluate import evaluate_run
+    from spectral_forensics.train import TrainConfig, train
+
+    run_dir = tmp_path / "run"
+    train(TrainConfig(task="induction", seq_len=64, vocab_size=64, layers=1, d_model=32, heads=2,
+                      gamma=2.0, placement="pre_rope", steps=8, batch_size=8, eval_every=4,
+                      eval_batches=1, out_dir=str(run_dir)), progress=False)
+    status = main(["audit-rope", "--model", str(run_dir), "--tokens", "256", "--window", "64",
+                   "--nperseg", "32", "--quiet", "--no-plots", "--out", str(tmp_path / "audit")])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "task accuracy with the shear at each placement" in captured.out
+    import json
+
+    payload = json.loads((tmp_path / "audit" / "metrics.json").read_text())
+    accuracies = payload["settings"]["task_accuracy"]
+    assert set(accuracies) == {"post_rope", "pre_rope"}
+    expected = evaluate_run(run_dir, write=False)["eval"]["accuracy"]
+    assert accuracies["pre_rope"] == pytest.approx(expected)
+    assert payload["summary"]["native pre_rope"]["accuracy"] == pytest.approx(expected)

@@ -101,6 +101,27 @@ def load_windows(loaded, text, tokens: int, window: int, seed: int, nperseg: int
     return random_windows(vocab, tokens // window, window, seed)
 
 
+def run_task_accuracy(model_path):
+    """Return ``model -> accuracy`` on the run's own task when ``model_path`` is a training run."""
+    from pathlib import Path
+
+    if model_path is None or not (Path(model_path) / "train_config.json").is_file():
+        return None
+    from spectral_forensics.train import build_task, evaluate_task, load_train_config
+
+    config = load_train_config(Path(model_path))
+    task = build_task(config)
+
+    def accuracy(model) -> float:
+        metrics = evaluate_task(
+            model, task, batches=config.eval_batches,
+            batch_size=config.eval_batch_size or config.batch_size,
+        )
+        return metrics["accuracy"]
+
+    return accuracy
+
+
 def run_audit(args: argparse.Namespace) -> int:
     """Audit, write the report, print the verdict summary and where the report is."""
     import math
@@ -125,9 +146,13 @@ def run_audit(args: argparse.Namespace) -> int:
         layers=layers,
         nperseg=args.nperseg,
         batch_size=args.batch_size,
+        task_accuracy=run_task_accuracy(args.model),
         progress=not args.quiet,
     )
     path = write_audit_report(audit, args.out, draw=not args.no_plots)
+    if audit.settings.get("task_accuracy"):
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in audit.settings["task_accuracy"].items())
+        print(f"task accuracy with the shear at each placement: {shown}")
     for label, s in summarise(audit).items():
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(s["verdicts"].items()))
         print(f"{label}: heads consistent with {verdicts}; mean r = {s['mean_r']:.3f}")

@@ -66,7 +66,10 @@ def test_only_rank_zero_writes(runs):
     records = read_metrics(double)
     steps = [(r["split"], r["step"]) for r in records]
     assert len(steps) == len(set(steps))
-    assert sorted(p.name for p in double.iterdir()) == ["checkpoints", "metrics.jsonl", "train_config.json"]
+    assert sorted(p.name for p in double.iterdir()) == [
+        "checkpoints", "config.json", "generation_config.json", "metrics.jsonl",
+        "model.safetensors", "train_config.json",
+    ]
 
 
 def test_global_batch_must_split_evenly(tmp_path, monkeypatch):

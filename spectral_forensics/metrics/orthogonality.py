@@ -18,7 +18,6 @@ works on numpy arrays and torch tensors and imports no model or TransformerLens 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -29,6 +28,7 @@ import torch
 from spectral_forensics.momentum.operator import kinematic_momentum
 from spectral_forensics.rope import PAIRINGS, ROTATE_HALF, band_dimensions
 from spectral_forensics.spectral.temporal import dc_ac_split, welch_psd
+from spectral_forensics.spectral._axes import normalize_axis as _normalize_axis
 
 __all__ = [
     "DEFAULT_CUTOFF",
@@ -63,19 +63,6 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise ValueError(f"{name} has dtype {array.dtype}, expected a numeric array or tensor.")
     return array
-
-
-def _normalize_axis(axis: int, ndim: int, name: str) -> int:
-    try:
-        axis = operator.index(axis)
-    except TypeError as error:
-        raise ValueError(f"{name}={axis!r} is not an integer axis index.") from error
-    if not -ndim <= axis < ndim:
-        raise ValueError(
-            f"{name}={axis} is out of range for an array with {ndim} dimensions. "
-            f"Use a value in [{-ndim}, {ndim - 1}]."
-        )
-    return axis % ndim
 
 
 def _unit_sum(psd: np.ndarray) -> np.ndarray:

@@ -13,12 +13,12 @@ E|k_i|^2 follow. Every function accepts numpy arrays or torch tensors and return
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from spectral_forensics.spectral._axes import normalize_axis as _normalize_axis
 
 __all__ = [
     "band_dc_fraction",
@@ -35,19 +35,6 @@ Array = Any
 
 def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
-
-
-def _normalize_axis(axis: int, ndim: int, name: str) -> int:
-    try:
-        axis = operator.index(axis)
-    except TypeError as error:
-        raise ValueError(f"{name}={axis!r} is not an integer axis index.") from error
-    if not -ndim <= axis < ndim:
-        raise ValueError(
-            f"{name}={axis} is out of range for an array with {ndim} dimensions. "
-            f"Use a value in [{-ndim}, {ndim - 1}]."
-        )
-    return axis % ndim
 
 
 def _reduction_axes(

@@ -8,12 +8,12 @@ moved to the CPU and converted to numpy, and results are numpy arrays.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import scipy.signal
+from spectral_forensics.spectral._axes import normalize_axis as _normalize_axis
 
 __all__ = [
     "dc_ac_split",
@@ -47,19 +47,6 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
             f"{name} has dtype {array.dtype}, expected a floating-point or complex array or tensor."
         )
     return array
-
-
-def _normalize_axis(axis: int, ndim: int, name: str) -> int:
-    try:
-        axis = operator.index(axis)
-    except TypeError as error:
-        raise ValueError(f"{name}={axis!r} is not an integer axis index.") from error
-    if not -ndim <= axis < ndim:
-        raise ValueError(
-            f"{name}={axis} is out of range for an array with {ndim} dimensions. "
-            f"Use a value in [{-ndim}, {ndim - 1}]."
-        )
-    return axis % ndim
 
 
 def _normalize_average_axes(

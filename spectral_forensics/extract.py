@@ -46,7 +46,7 @@ def hook_name(layer: int, stage: str) -> str:
 
 
 def is_key_stage(stage: str) -> bool:
-    """Whether ``stage`` contains keys (and so has one head per key/value head)."""
+    """Return whether ``stage`` contains keys (and so has one head per key/value head)."""
     return stage.endswith("k")
 
 
@@ -146,7 +146,7 @@ def check_rope_pairing(q: torch.Tensor, rot_q: torch.Tensor, rope: RopeSpec) -> 
     RopeSpec
         ``rope`` itself when its pairing reproduces ``rot_q``; a copy with the other pairing
         (and a logged warning) when only that one does. When neither does (scaled cos/sin, a
-        custom rotation), ``rope`` is returned and a warning says that band spectra follow the
+        custom rotation), ``rope`` is returned and a logged warning states that band spectra follow the
         configuration, not the measured rotation.
     """
     errors = {}

@@ -16,6 +16,7 @@ Layout of a report directory::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import json
@@ -500,6 +501,22 @@ def index_html(analysis: BodeAnalysis, records: list[dict[str, Any]], draw: bool
 # --------------------------------------------------------------------------- entry point
 
 
+@contextlib.contextmanager
+def atomic_report_directory(out: Path):
+    """Yield an empty hidden sibling of ``out`` and rename it to ``out`` when the block succeeds.
+
+    If the block raises (including KeyboardInterrupt), the sibling is removed and a previous
+    report at ``out`` stays as it was.
+    """
+    tmp = _make_sibling_dir(out, "tmp")
+    try:
+        yield tmp
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_report(
     analysis: BodeAnalysis,
     out_dir: str | os.PathLike,
@@ -546,18 +563,13 @@ def write_report(
     payload = metrics_payload(analysis, records)
 
     start = time.perf_counter()
-    tmp = _make_sibling_dir(out, "tmp")
     log.info("Writing report for %s into %s", analysis.model_name, out)
-    try:
+    with atomic_report_directory(out) as tmp:
         _write_json(tmp / METRICS_JSON, payload)
         _write_csv(tmp / METRICS_CSV, records)
         if draw:
             save_head_pngs(analysis, tmp, workers=workers, progress=progress)
             write_bode_html(analysis, tmp / BODE_HTML)
             (tmp / INDEX_HTML).write_text(index_html(analysis, records), encoding="utf-8")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("Wrote report %s in %.1f s", out, time.perf_counter() - start)
     return out

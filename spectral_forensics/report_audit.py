@@ -16,14 +16,13 @@ import html
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from spectral_forensics.plots.audit import plot_band_responses, plot_mismatch
-from spectral_forensics.report import _make_sibling_dir, _move_into_place, check_output_dir
+from spectral_forensics.report import atomic_report_directory, check_output_dir
 from spectral_forensics.results import PlacementAudit
 
 log = logging.getLogger(__name__)
@@ -118,8 +117,7 @@ def write_audit_report(audit: PlacementAudit, out_dir: str | os.PathLike, draw: 
     out = check_output_dir(out_dir)
     payload = audit_payload(audit)
     records = payload["heads"]
-    tmp = _make_sibling_dir(out, "tmp")
-    try:
+    with atomic_report_directory(out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
         with open(tmp / "metrics.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(records[0]))
@@ -138,9 +136,5 @@ def write_audit_report(audit: PlacementAudit, out_dir: str | os.PathLike, draw: 
                     plot_band_responses(audit, layer, kv).savefig(tmp / name, dpi=80)
                     figures.append(name)
         (tmp / "index.html").write_text(_index_html(audit, records, figures), encoding="utf-8")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("Wrote audit report %s", out)
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +30,7 @@ from spectral_forensics.report import (
     _STYLE,
     _format_cell,
     _json_ready,
-    _make_sibling_dir,
-    _move_into_place,
+    atomic_report_directory,
     _write_csv,
     _write_json,
     check_output_dir,
@@ -119,8 +117,7 @@ def write_forensic_report(report: ForensicReport, out_dir: str | os.PathLike, dr
         "audit_settings": None if report.audit is None else report.audit.settings,
         "records": records,
     }
-    tmp = _make_sibling_dir(out, "tmp")
-    try:
+    with atomic_report_directory(out) as tmp:
         _write_json(tmp / "metrics.json", _json_ready(payload))
         _write_csv(tmp / "metrics.csv", records)
         figures = []
@@ -140,10 +137,6 @@ def write_forensic_report(report: ForensicReport, out_dir: str | os.PathLike, dr
                     plot_band_responses(report.audit, layer, report.audit.kv_heads[0]).savefig(tmp / name, dpi=80)
                     figures.append(name)
         (tmp / "index.html").write_text(_index(report, records, figures), encoding="utf-8")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("Wrote forensic report %s", out)
     return out
 
@@ -152,8 +145,7 @@ def write_scores(scores: HeadScores, out_dir: str | os.PathLike, model_name: str
     """Write induction scores (metrics.json, metrics.csv, scores.png, index.html) atomically."""
     out = check_output_dir(out_dir)
     records = scores.records()
-    tmp = _make_sibling_dir(out, "tmp")
-    try:
+    with atomic_report_directory(out) as tmp:
         _write_json(tmp / "metrics.json", _json_ready({"model": model_name, "settings": scores.settings, "records": records}))
         _write_csv(tmp / "metrics.csv", records)
         plot_scores(scores).savefig(tmp / "scores.png", dpi=80)
@@ -175,8 +167,4 @@ varying within the batch. Highest induction scores: {html.escape(best)}.</p><p><
 <tbody>{rows}</tbody></table><script>{_SORT_SCRIPT}</script></body></html>""",
             encoding="utf-8",
         )
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -36,7 +36,7 @@ def execute_notebook(name: str, env: dict[str, str], timeout: int = 600):
             kernel_name="python3",
             resources={"metadata": {"path": str(REPO / "notebooks")}},
         )
-        # ipykernel's built-in "python3" kernel runs sys.executable, so the kernel sees the
+        # ipykernel's built-in "python3" kernel runs sys.executable, so the kernel uses the
         # same virtualenv as the tests.
         client.execute()
     finally:

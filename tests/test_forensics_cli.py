@@ -53,7 +53,7 @@ def test_bode_measures_stage_transfer(checkpoint, tmp_path, capsys):
         "--window", "128", "--nperseg", "32", "--no-plots", "--quiet", "--out", str(tmp_path / "b"),
     ])
     captured = capsys.readouterr()
-    # Tokenizer-less checkpoints cannot read text; the error says so before writing anything.
+    # Tokenizer-less checkpoints cannot read text; the error states this before anything is written.
     assert status == 2
     assert "no tokenizer" in captured.err
     assert not (tmp_path / "b").exists()

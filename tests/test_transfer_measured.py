@@ -65,7 +65,7 @@ def test_pair_of_different_heads_rejected():
         StreamingExtractor(loaded.bridge, loaded.rope, [0], [0], transfer_pairs=(("rot_q", "mom_k"),))
 
 
-def test_momentum_stage_on_plain_model_says_how_to_attach():
+def test_momentum_stage_missing_on_plain_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model = LlamaForCausalLM(

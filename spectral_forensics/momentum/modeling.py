@@ -103,7 +103,7 @@ class MomentumConfig(PretrainedConfig):
     learn_gamma : bool
         If True, γ is a trained parameter per layer and key/value head, kept > 0 as
         ``softplus(ρ)``; a start value of 0 becomes ``ρ = -20`` (γ ≈ 2e-9). If False, γ is a
-        fixed buffer that is not saved with the weights (config.json holds it).
+        fixed buffer that is not saved with the weights (config.json stores it).
     placement : {"post_rope", "pre_rope", "none"}
         Where the shear acts: on rotated queries/keys, on unrotated ones, or nowhere.
     head_dim : int, optional

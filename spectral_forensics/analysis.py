@@ -84,6 +84,7 @@ def analyse(
     windows: Any = None,
     text_source: str | None = None,
     progress: bool = True,
+    observers: Sequence[tuple[str, Any]] = (),
 ) -> BodeAnalysis:
     """Measure the RoPE-band and temporal spectra of every selected head.
 
@@ -126,6 +127,9 @@ def analyse(
         Description of ``windows`` for the report.
     progress : bool
         Show tqdm progress bars.
+    observers : sequence of (str, callable)
+        Extra read-only ``(hook name, fn)`` hooks run in the same forward passes, for
+        measurements that share the pass (see ``StreamingExtractor.run``).
 
     Returns
     -------
@@ -189,7 +193,7 @@ def analyse(
         nperseg=nperseg,
         transfer_pairs=tuple(tuple(p) for p in transfer_pairs),
     )
-    stats = extractor.run(windows, batch_size=batch_size, progress=progress)
+    stats = extractor.run(windows, batch_size=batch_size, progress=progress, observers=observers)
     rope = stats.rope
     transfers = [
         measured_transfer_result(stats, pair, head_gammas(loaded, layers, heads, gamma))

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spectral_forensics.extract import NonFiniteActivationError, hook_name
+from spectral_forensics.extract import NonFiniteActivationError, hook_name, select_heads
 from spectral_forensics.models import LoadedModel
 from spectral_forensics.results import PlacementAudit, PlacementMeasurement
 from spectral_forensics.rope import RopeSpec
@@ -95,7 +96,7 @@ def _measure(
     layers: list[int],
     kv_heads: list[int],
     output_stage: str,
-    unshear_gamma: np.ndarray | None,
+    before_attached: bool,
     nperseg: int,
     batch_size: int,
     progress: bool,
@@ -103,10 +104,10 @@ def _measure(
 ):
     """Accumulate band cross-spectra from rotate(hook_k) to ``output_stage`` for each window batch.
 
-    ``unshear_gamma`` (per layer, kv head) undoes an attached pre-RoPE shear that already
-    modified ``hook_k`` (attached hooks run before the capture hooks).
+    With ``before_attached`` the ``hook_k`` captures are put first on their hook points, ahead
+    of an attached pre-RoPE shear on the same hook, so they read the unsheared key.
     """
-    from spectral_forensics.momentum.operator import inverse_momentum_shear
+    from spectral_forensics.momentum.attach import remove_hook
 
     rope = loaded.rope
     acc = _BandTransferAccumulator(len(layers), rope, nperseg)
@@ -120,12 +121,9 @@ def _measure(
 
         def hook(x, hook):
             fired.add(name)
-            k = x.detach().index_select(2, kv_index).double()
+            k = select_heads(x.detach(), kv_index).double()
             if not torch.isfinite(k).all():
                 raise NonFiniteActivationError(f"Non-finite key activation at layer {layer} ({name})")
-            if unshear_gamma is not None:
-                gamma = torch.from_numpy(unshear_gamma[li])[None, None, :, None]
-                k = inverse_momentum_shear(k, gamma, 1)
             pending[li] = _rotate(k, rope)
             return x
 
@@ -136,35 +134,44 @@ def _measure(
 
         def hook(y, hook):
             fired.add(name)
-            acc.add(li, pending.pop(li), y.detach().index_select(2, kv_index))
+            acc.add(li, pending.pop(li), select_heads(y.detach(), kv_index))
             return y
 
         return hook
 
     hooks = []
+    first: list[tuple[str, Any]] = []
     for li, layer in enumerate(layers):
-        hooks.append((hook_name(layer, "k"), capture_k(li, layer)))
+        (first if before_attached else hooks).append((hook_name(layer, "k"), capture_k(li, layer)))
         hooks.append((hook_name(layer, output_stage), capture_out(li, layer)))
-    expected = {name for name, _ in hooks}
+    expected = {name for name, _ in hooks + first}
+    registered = [
+        (loaded.bridge.hook_dict[name], loaded.bridge.hook_dict[name].add_hook(fn, prepend=True))
+        for name, fn in first
+    ]
     bar = tqdm(total=windows.shape[0], desc=f"audit {label}", unit="win", disable=not progress)
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start : start + batch_size]
-            fired.clear()
-            loaded.bridge.run_with_hooks(
-                batch,
-                fwd_hooks=hooks,
-                return_type=None,
-                stop_at_layer=stop,
-            )
-            if expected - fired:
-                raise RuntimeError(
-                    f"Hook(s) {sorted(expected - fired)[:4]} did not fire; the placement audit needs "
-                    "hook_k and the post-shear key stage of every analysed layer."
+    try:
+        with torch.no_grad():
+            for start in range(0, windows.shape[0], batch_size):
+                batch = windows[start : start + batch_size]
+                fired.clear()
+                loaded.bridge.run_with_hooks(
+                    batch,
+                    fwd_hooks=hooks,
+                    return_type=None,
+                    stop_at_layer=stop,
                 )
-            acc.count += batch.shape[0]
-            bar.update(batch.shape[0])
-    bar.close()
+                if expected - fired:
+                    raise RuntimeError(
+                        f"Hook(s) {sorted(expected - fired)[:4]} did not fire; the placement audit needs "
+                        "hook_k and the post-shear key stage of every analysed layer."
+                    )
+                acc.count += batch.shape[0]
+                bar.update(batch.shape[0])
+    finally:
+        for hook_point, lens_handle in registered:
+            remove_hook(hook_point, lens_handle)
+        bar.close()
     return acc.estimate()
 
 
@@ -274,7 +281,7 @@ def audit_rope_placement(
         table = model.momentum_gammas().double().cpu().numpy()[layers]
         gammas = table[:, [h * rope.group_size for h in kv_heads]]
         output_stage = "mom_k" if native == "post_rope" else "rot_k"
-        estimate = _measure(loaded, windows, layers, kv_heads, output_stage, None, nperseg, batch_size, progress, native)
+        estimate = _measure(loaded, windows, layers, kv_heads, output_stage, False, nperseg, batch_size, progress, native)
         measurement = _score(estimate, rope.theta, gammas, f"native {native}", native)
         if task_accuracy is not None:
             accuracies = placement_accuracies(model, task_accuracy)
@@ -295,9 +302,9 @@ def audit_rope_placement(
         for placement in PLACEMENTS:
             handle = attach_momentum(loaded.bridge, gamma, placement=placement, layers=layers)
             try:
-                unshear = gammas if placement == "pre_rope" else None
                 estimate = _measure(
-                    loaded, windows, layers, kv_heads, "rot_k", unshear, nperseg, batch_size, progress, placement
+                    loaded, windows, layers, kv_heads, "rot_k", placement == "pre_rope", nperseg, batch_size,
+                    progress, placement,
                 )
             finally:
                 handle.detach()

@@ -21,7 +21,7 @@ import torch
 
 from spectral_forensics.analysis import analyse, head_gammas
 from spectral_forensics.audit import audit_rope_placement
-from spectral_forensics.extract import _rope_rotate, hook_name
+from spectral_forensics.extract import _rope_rotate, hook_name, select_heads
 from spectral_forensics.metrics.induction import HeadScores, induction_scores
 from spectral_forensics.metrics.orthogonality import orthogonality
 from spectral_forensics.models import LoadedModel
@@ -84,27 +84,28 @@ def classify(row: dict[str, Any], thresholds: dict[str, float] = THRESHOLDS) -> 
     return "mixed"
 
 
-def _query_orthogonality(loaded: LoadedModel, windows: torch.Tensor, layers, heads, gammas, nperseg):
+class _QueryCapture:
+    """Keep each layer's ``hook_q`` of the first window, as a read-only observer."""
+
+    def __init__(self, layers: list[int], heads: list[int]) -> None:
+        self.layers = layers
+        self.head_index = torch.tensor(heads, dtype=torch.long)
+        self.captured: dict[int, torch.Tensor] = {}
+
+    def observers(self) -> list[tuple[str, Any]]:
+        def keep(layer):
+            def hook(x, hook):
+                if layer not in self.captured:
+                    self.captured[layer] = select_heads(x[:1].detach(), self.head_index).double()
+
+            return hook
+
+        return [(hook_name(layer, "q"), keep(layer)) for layer in self.layers]
+
+
+def _query_orthogonality(loaded: LoadedModel, captured: dict[int, torch.Tensor], layers, gammas, nperseg):
     """Orthogonality of each head's queries at both placements, from unsheared ``hook_q``."""
     rope = loaded.rope
-    captured: dict[int, torch.Tensor] = {}
-    head_index = torch.tensor(heads, dtype=torch.long)
-
-    def keep(layer):
-        def hook(x, hook):
-            captured[layer] = x.detach().index_select(2, head_index).double()
-            return x
-
-        return hook
-
-    stop = max(layers) + 1
-    with torch.no_grad():
-        loaded.bridge.run_with_hooks(
-            windows,
-            fwd_hooks=[(hook_name(layer, "q"), keep(layer)) for layer in layers],
-            return_type=None,
-            stop_at_layer=stop,
-        )
     out: dict[str, list] = {"post_rope": [], "pre_rope": []}
     for li, layer in enumerate(layers):
         q = captured[layer]
@@ -129,7 +130,8 @@ def run_forensics(
     gamma: float | None = None,
     nperseg: int = 64,
     batch_size: int = 4,
-    induction_batch: int = 16,
+    audit_windows: int = 1,
+    induction_batch: int = 8,
     progress: bool = True,
 ) -> ForensicReport:
     """Run every per-head measurement on ``windows`` of token ids.
@@ -143,7 +145,19 @@ def run_forensics(
     gamma : float, optional
         γ for plain models: the shear attached for the audit and the γ of the orthogonality
         split and overlays. Default 1.0 for those analyses; the audit is skipped without it.
+    audit_windows : int
+        Windows the placement audit reads (the first ones). The shear is a fixed linear
+        filter, so its per-band response is measured with coherence near 1 from one window,
+        and each extra window costs two more forward passes (one per placement).
+    induction_batch : int
+        Rows of repeated random tokens for the induction scores; each scored head averages
+        about 16 positions per row.
+
+    The orthogonality split reads the queries of the first window during the spectral
+    analysis, so it needs no forward pass of its own.
     """
+    if isinstance(audit_windows, bool) or not isinstance(audit_windows, int) or audit_windows < 1:
+        raise ValueError(f"audit_windows={audit_windows!r} is not valid; give a whole number of windows >= 1")
     rope = loaded.rope
     rope.require_rope("The forensic report")
     layers = list(range(rope.n_layers)) if layers is None else list(layers)
@@ -154,6 +168,7 @@ def run_forensics(
     if momentum:
         # Post-RoPE models shear rot_* into mom_*; pre-RoPE models shear q/k before rotation.
         pairs = [("rot_k", "mom_k"), ("rot_q", "mom_q")] if model.config.placement == "post_rope" else [("k", "mom_k"), ("q", "mom_q")]
+    queries = _QueryCapture(layers, heads)
     analysis = analyse(
         loaded,
         None,
@@ -166,13 +181,14 @@ def run_forensics(
         transfer_pairs=pairs,
         progress=progress,
         text_source=text_source,
+        observers=queries.observers(),
     )
     audit = None
     if momentum or gamma is not None:
         audit = audit_rope_placement(
-            loaded, windows, gamma=gamma, layers=layers, nperseg=nperseg, batch_size=batch_size, progress=progress
+            loaded, windows[:audit_windows], gamma=gamma, layers=layers, nperseg=nperseg, batch_size=batch_size, progress=progress
         )
     gammas = head_gammas(loaded, layers, heads, 1.0 if gamma is None else gamma)
-    ortho = _query_orthogonality(loaded, windows[: min(4, windows.shape[0])], layers, heads, gammas, nperseg)
+    ortho = _query_orthogonality(loaded, queries.captured, layers, gammas, nperseg)
     scores = induction_scores(loaded.bridge, layers, batch=induction_batch, progress=progress)
     return ForensicReport(analysis=analysis, audit=audit, induction=scores, orthogonality=ortho)

@@ -69,6 +69,10 @@ def add_parsers(subparsers) -> None:
     report.add_argument("--window", type=positive_int, default=512, help="tokens per forward pass (default: 512)")
     report.add_argument("--nperseg", type=positive_int, default=64, help="Welch segment length in tokens (default: 64)")
     report.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass (default: 4)")
+    report.add_argument(
+        "--audit-windows", type=positive_int, default=1,
+        help="windows the placement audit reads; each costs one forward pass per placement (default: 1)",
+    )
     report.add_argument("--seed", type=int, default=0, help="seed of random token windows and induction rows (default: 0)")
     report.add_argument("--workers", type=positive_int, help="processes drawing the PNGs (default: CPU count)")
     report.add_argument("--no-plots", action="store_true", help="write metrics and index.html only")
@@ -207,7 +211,8 @@ def run_report(args: argparse.Namespace) -> int:
     source = "random token ids" if loaded.tokenizer is None else (args.text or "default Shakespeare corpus")
     report = run_forensics(
         loaded, windows, text_source=str(source), layers=layers, heads=heads, gamma=args.gamma,
-        nperseg=args.nperseg, batch_size=args.batch_size, progress=not args.quiet,
+        nperseg=args.nperseg, batch_size=args.batch_size, audit_windows=args.audit_windows,
+        progress=not args.quiet,
     )
     path = write_forensic_report(report, args.out, draw=not args.no_plots, workers=args.workers,
                                  progress=not args.quiet)

@@ -43,6 +43,12 @@ __all__ = ["MomentumHandle", "attach_momentum"]
 _POS_AXIS = 1
 
 
+def remove_hook(hook_point: Any, lens_handle: Any) -> None:
+    """Remove one hook added with ``hook_point.add_hook`` and leave every other hook in place."""
+    lens_handle.hook.remove()
+    hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if h is not lens_handle]
+
+
 class MomentumHandle:
     """Hooks that shear queries and keys of a bridge; remove them with :meth:`detach`.
 
@@ -89,8 +95,7 @@ class MomentumHandle:
     def detach(self) -> None:
         """Remove the hooks this handle added (and no other hook); a second call does nothing."""
         for hook_point, lens_handle in self._registrations:
-            lens_handle.hook.remove()
-            hook_point.fwd_hooks = [h for h in hook_point.fwd_hooks if h is not lens_handle]
+            remove_hook(hook_point, lens_handle)
         if self._registrations:
             logger.debug("detached momentum hooks from layers %s", self.layers)
         self._registrations = []

@@ -85,7 +85,7 @@ class TrainConfig:
         ``layers``, ``d_model``, ``heads``, ``kv_heads`` (None = ``heads``), ``d_mlp``
         (None = 4 * d_model), ``attn_only``, ``gamma`` (γ >= 0: a float, one per layer or one
         per layer and head), ``learn_gamma``, ``placement`` (post_rope, pre_rope, none),
-        ``rope_theta``.
+        ``smear_keys`` (learned previous-key mixing before RoPE), ``rope_theta``.
     Optimisation
         AdamW with ``lr``, ``weight_decay`` (on matrices only) and ``betas``; linear warm-up
         over ``warmup_steps`` (None = min(100, steps // 10)) then cosine decay to
@@ -117,6 +117,7 @@ class TrainConfig:
     gamma: float | list = 0.0
     learn_gamma: bool = False
     placement: str = "post_rope"
+    smear_keys: bool = False
     rope_theta: float = 10000.0
 
     steps: int = 1000
@@ -248,6 +249,7 @@ def build_model(config: TrainConfig) -> MomentumForCausalLM:
         gamma=config.gamma,
         learn_gamma=config.learn_gamma,
         placement=config.placement,
+        smear_keys=config.smear_keys,
     )
     torch.manual_seed(config.seed)
     return MomentumForCausalLM(model_config)

@@ -271,3 +271,44 @@ def test_sequence_longer_than_limit_raises():
     model = tiny_model(max_position_embeddings=8)
     with pytest.raises(ValueError, match="max_position_embeddings=8"):
         model(tokens(1, 9))
+
+
+def test_smeared_keys_mix_each_key_with_the_previous_one():
+    model = tiny_model(placement="none", smear_keys=True, num_key_value_heads=2)
+    attention = model.model.layers[0].self_attn
+    with torch.no_grad():
+        attention.smear_alpha.copy_(torch.tensor([0.0, 2.0]))
+    hidden = torch.randn(1, 6, 32)
+    positions = torch.arange(6)[None]
+    _, query, key, cos, sin = _layer_queries_keys(model, hidden, positions)
+    keep = torch.sigmoid(torch.tensor([0.0, 2.0]))[:, None, None]
+    smeared = key.clone()
+    smeared[:, :, 1:] = keep * key[:, :, 1:] + (1 - keep) * key[:, :, :-1]
+    key = apply_rotary(smeared, cos, sin).repeat_interleave(2, dim=1)
+    query = apply_rotary(query, cos, sin)
+    scores = query @ key.transpose(-1, -2) / 8**0.5
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    expected = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    _, pattern = attention(hidden, (cos, sin), attention_mask=causal[None, None])
+    assert torch.allclose(pattern, expected, atol=1e-6)
+
+
+def test_smeared_keys_train_and_round_trip(tmp_path):
+    model = tiny_model(placement="none", smear_keys=True).train()
+    ids = tokens()
+    model(ids, labels=ids).loss.backward()
+    assert all(layer.self_attn.smear_alpha.grad.abs().sum() > 0 for layer in model.model.layers)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.smear_alpha.fill_(1.25)
+    model.eval().save_pretrained(tmp_path)
+    loaded = MomentumForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.model.layers[0].self_attn.smear_alpha, model.model.layers[0].self_attn.smear_alpha)
+    assert torch.allclose(loaded(ids).logits, model(ids).logits)
+
+
+def test_bridge_refuses_smeared_keys(tmp_path):
+    from spectral_forensics.models import load_model
+
+    tiny_model(placement="none", smear_keys=True).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="smear_keys=True"):
+        load_model(tmp_path)

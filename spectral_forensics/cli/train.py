@@ -32,6 +32,7 @@ _CONFIG_FIELDS = {
     "gamma": "gamma",
     "learn_gamma": "learn_gamma",
     "placement": "placement",
+    "smear_keys": "smear_keys",
     "rope_theta": "rope_theta",
     "steps": "steps",
     "batch_size": "batch_size",
@@ -112,6 +113,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     model.add_argument("--learn-gamma", action="store_true", default=None, help="train γ, starting from --gamma")
     model.add_argument("--placement", choices=PLACEMENT_CHOICES, default=None, help="where the shear acts (default post_rope)")
+    model.add_argument(
+        "--smear-keys", action="store_true", default=None,
+        help="mix each key with the previous one before RoPE, learned per head (a baseline)",
+    )
     model.add_argument("--rope-theta", type=float, default=None, help="RoPE base (default 10000)")
 
     optim = train.add_argument_group("optimisation")

@@ -240,6 +240,12 @@ class MomentumArchitectureAdapter(ArchitectureAdapter):
                 f"{type(hf_model).__name__}; use the adapter registered for that architecture."
             )
         config = hf_model.config
+        if getattr(config, "smear_keys", False):
+            raise ValueError(
+                "This Momentum Attention model smears its keys (smear_keys=True), which the "
+                "TransformerLens bridge does not reproduce; analyse it as a Hugging Face model "
+                "(MomentumForCausalLM.from_pretrained) instead."
+            )
         if config.placement not in PLACEMENTS:
             raise ValueError(
                 f"placement={config.placement!r} is invalid; expected one of {PLACEMENTS}."

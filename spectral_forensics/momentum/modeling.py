@@ -106,6 +106,12 @@ class MomentumConfig(PretrainedConfig):
         fixed buffer that is not saved with the weights (config.json stores it).
     placement : {"post_rope", "pre_rope", "none"}
         Where the shear acts: on rotated queries/keys, on unrotated ones, or nowhere.
+    smear_keys : bool
+        If True, each key is mixed with the previous one before RoPE,
+        ``k'_t = σ(α) k_t + (1 - σ(α)) k_{t-1}`` with one learned α per key/value head
+        (start value 0, an even mix), as in the smeared-key models of Olsson et al. (2022).
+        The first token of a sequence or document keeps its key. It is the learned
+        low-pass counterpart of the shear and is used as a baseline with ``placement="none"``.
     head_dim : int, optional
         Size of one head; None means ``hidden_size // num_attention_heads``. Must be even.
     rms_norm_eps : float
@@ -137,6 +143,7 @@ class MomentumConfig(PretrainedConfig):
         gamma: float | Sequence = 1.0,
         learn_gamma: bool = False,
         placement: str = "post_rope",
+        smear_keys: bool = False,
         head_dim: int | None = None,
         rms_norm_eps: float = 1e-6,
         hidden_act: str = "silu",
@@ -160,6 +167,7 @@ class MomentumConfig(PretrainedConfig):
         self.gamma = gamma
         self.learn_gamma = bool(learn_gamma)
         self.placement = placement
+        self.smear_keys = bool(smear_keys)
         self.head_dim = hidden_size // num_attention_heads if head_dim is None else head_dim
         self.rms_norm_eps = rms_norm_eps
         self.hidden_act = hidden_act
@@ -420,6 +428,17 @@ class MomentumAttention(nn.Module):
             self.gamma_raw = nn.Parameter(_inverse_softplus(initial))
         else:
             self.register_buffer("gamma", initial, persistent=False)
+        if config.smear_keys:
+            self.smear_alpha = nn.Parameter(torch.zeros(self.num_key_value_heads))
+
+    def smear(self, key: torch.Tensor, document_starts: torch.Tensor | None) -> torch.Tensor:
+        """Mix each ``(batch, kv_head, pos, head_dim)`` key with the previous one."""
+        keep = torch.sigmoid(self.smear_alpha).to(key.dtype)[:, None, None]
+        previous = torch.cat([key[:, :, :1], key[:, :, :-1]], dim=2)
+        if document_starts is not None:
+            starts = document_starts.to(key.device)[:, None, :, None]
+            previous = torch.where(starts, key, previous)
+        return keep * key + (1 - keep) * previous
 
     def initial_gamma(self) -> torch.Tensor:
         """Return the configured γ of this layer per key/value head, shape ``(kv_head,)``."""
@@ -462,6 +481,8 @@ class MomentumAttention(nn.Module):
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
 
         cos, sin = position_embeddings
+        if self.config.smear_keys:
+            key = self.smear(key, document_starts)
         if self.placement == "pre_rope":
             query, key = self.shear(query, key, document_starts)
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
@@ -579,6 +600,8 @@ class MomentumPreTrainedModel(PreTrainedModel):
                 init.copy_(module.gamma_raw, _inverse_softplus(initial))
             else:
                 init.copy_(module.gamma, initial)
+            if module.config.smear_keys:
+                init.zeros_(module.smear_alpha)
 
 
 class MomentumModel(MomentumPreTrainedModel):

@@ -35,6 +35,7 @@ from spectral_forensics.report import (
     _write_json,
     check_output_dir,
 )
+from spectral_forensics.report_audit import base_note
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ def _index(report: ForensicReport, records: list[dict], figures: list[str]) -> s
         classes[r["class"]] = classes.get(r["class"], 0) + 1
     t = report.thresholds
     links = " · ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>' for f in figures)
+    audit_note = ""
+    if report.audit is not None:
+        audit = report.audit
+        audit_note = (
+            f"<p>The audit read {audit.settings['n_windows']} window(s) of {audit.settings['window']} tokens "
+            f"per placement. {html.escape(base_note(audit))}</p>"
+        )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Head forensics: {html.escape(analysis.model_name)}</title>
 <style>{_STYLE}</style></head><body>
@@ -91,6 +99,7 @@ def _index(report: ForensicReport, records: list[dict], figures: list[str]) -> s
 {t['ac_dominated']}, else <b>mixed</b>. Overlap is the Bhattacharyya coefficient of the semantic and
 mechanistic spectra of the head's queries for each placement; audit columns give the verdict and
 agreement score r of the placement audit for the head's key/value head. Click a column to sort.</p>
+{audit_note}
 <p>Figures: {links}</p>
 <table id="heads"><thead><tr>{head_cells}</tr></thead><tbody>{''.join(body)}</tbody></table>
 <script>{_SORT_SCRIPT}</script>

@@ -81,3 +81,31 @@ def test_global_batch_must_split_evenly(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="batch_size=7 is not divisible by WORLD_SIZE=2"):
         train(TrainConfig(**dict(SETTINGS, batch_size=7, out_dir=str(tmp_path / "odd"))), progress=False)
     assert not (tmp_path / "odd").exists()
+
+
+def test_experiment_sweep_under_torchrun_matches_one_process(tmp_path):
+    """Several runs in one torchrun job share one process group and record what one process does."""
+    from spectral_forensics.experiments import run_experiment
+
+    tiny = {"steps": 4, "eval_every": 2, "eval_batches": 1, "batch_size": 4, "d_model": 16, "heads": 2,
+            "seq_len": 16, "layers": 1, "log_every": 1}
+    settings = [item for key, value in tiny.items() for item in ("--set", f"{key}={value}")]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "spectral_forensics", "experiment", "run", "language-model", "--seeds", "1", "--quiet",
+        "--out", str(tmp_path / "double"), *settings,
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run_experiment("language-model", tmp_path / "single", seeds=1, overrides=tiny, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    lines = (tmp_path / "double" / "runs.jsonl").read_text().splitlines()
+    double = {r["run_id"]: r for r in map(json.loads, lines)}
+    assert sorted(double) == sorted(r["run_id"] for r in single.records) == ["baseline-s0", "momentum-s0"]
+    for record in single.records:
+        assert double[record["run_id"]]["loss"] == pytest.approx(record["loss"], abs=1e-5)

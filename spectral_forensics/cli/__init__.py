@@ -14,7 +14,7 @@ from spectral_forensics import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
-    from spectral_forensics.cli import bode, forensics, train
+    from spectral_forensics.cli import bode, experiment, forensics, train
 
     parser = argparse.ArgumentParser(
         prog="spectral-forensics",
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     bode.add_parsers(subparsers)
     forensics.add_parsers(subparsers)
     train.add_parsers(subparsers)
+    experiment.add_parsers(subparsers)
     return parser
 
 

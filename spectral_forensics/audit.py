@@ -343,3 +343,137 @@ def placement_accuracies(model, task_accuracy) -> dict[str, float]:
             layer.self_attn.placement = placement
         out[placement] = float(task_accuracy(variant))
     return out
+
+
+class SharedPassAudit:
+    """The placement audit as read-only observers on another measurement's forward pass.
+
+    It reads the first ``n_windows`` windows that pass through the hooks. A Momentum Attention
+    model is measured from its own hooks (``hook_k`` to ``hook_mom_k`` or ``hook_rot_k``), as
+    in :func:`audit_rope_placement`. For a plain rotary model the shear is applied to copies
+    of each layer's keys at both placements: after RoPE to ``hook_rot_k``, and before RoPE to
+    ``hook_k`` followed by the RoPE rotation whose pairing the extractor checks. The model's own
+    activations are left unchanged, so the pass still measures the plain model, and no forward
+    pass of the audit's own is needed. :func:`audit_rope_placement` instead attaches the shear
+    inside the model and runs a pass per placement.
+
+    Use :meth:`observers` as ``observers=`` of :func:`spectral_forensics.analysis.analyse`,
+    then :meth:`result`.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        layers: list[int],
+        *,
+        gamma: float | None = None,
+        nperseg: int = 64,
+        n_windows: int = 1,
+    ) -> None:
+        rope = loaded.rope
+        rope.require_rope("The RoPE placement audit")
+        model = loaded.hf_model
+        self.loaded = loaded
+        self.layers = list(layers)
+        self.kv_heads = list(range(rope.n_kv_heads))
+        self.nperseg = nperseg
+        self.n_windows = n_windows
+        self.native = model.config.placement if hasattr(model, "momentum_gammas") else None
+        if self.native is not None:
+            if self.native not in PLACEMENTS:
+                raise ValueError(
+                    f"Model {loaded.name!r} has placement={self.native!r}: it applies no shear, so there is "
+                    "nothing to audit. Audit a post_rope or pre_rope model, or attach the shear with --gamma."
+                )
+            table = model.momentum_gammas().double().cpu().numpy()[self.layers]
+            self.gamma = table[:, [h * rope.group_size for h in self.kv_heads]]
+            self.placements = [self.native]
+        else:
+            if gamma is None or not (math.isfinite(gamma) and gamma >= 0):
+                raise ValueError(f"gamma={gamma} must be a finite number ≥ 0 to audit a model without its own shear")
+            self.gamma = np.full((len(self.layers), len(self.kv_heads)), float(gamma))
+            self.placements = list(PLACEMENTS)
+        self.accumulators = {p: _BandTransferAccumulator(len(self.layers), rope, nperseg) for p in self.placements}
+        self._kv_index = torch.tensor(self.kv_heads, dtype=torch.long)
+        self._keys: dict[int, torch.Tensor] = {}
+        self._seen = [0] * len(self.layers)
+        self._rows = [0] * len(self.layers)
+        self._window: int | None = None
+
+    def _take(self, li: int, x: torch.Tensor) -> torch.Tensor | None:
+        rows = max(0, self.n_windows - self._seen[li])
+        return select_heads(x[:rows].detach(), self._kv_index) if rows else None
+
+    def observers(self) -> list[tuple[str, Any]]:
+        """``(hook name, fn)`` pairs that read the keys and never change them."""
+        from spectral_forensics.momentum.operator import momentum_shear
+
+        rope = self.loaded.rope
+        stage = {"post_rope": "mom_k", "pre_rope": "rot_k"}.get(self.native, "rot_k")
+
+        def read_key(li, layer):
+            def hook(x, hook):
+                k = self._take(li, x)
+                if k is not None:
+                    if not torch.isfinite(k).all():
+                        raise NonFiniteActivationError(f"Non-finite key activation at layer {layer} (hook_k)")
+                    self._keys[li] = k.double()
+                    self._window = int(k.shape[1])
+
+            return hook
+
+        def read_output(li):
+            def hook(y, hook):
+                y = self._take(li, y)
+                self._seen[li] += y.shape[0] if y is not None else self.n_windows
+                if y is None:
+                    return
+                k = self._keys.pop(li)
+                rotated = _rotate(k, rope)
+                self._rows[li] += k.shape[0]
+                if self.native is not None:
+                    self.accumulators[self.native].add(li, rotated, y)
+                    return
+                gamma = torch.from_numpy(self.gamma[li])[None, None, :, None]
+                self.accumulators["post_rope"].add(li, rotated, momentum_shear(y.double(), gamma, 1))
+                self.accumulators["pre_rope"].add(li, rotated, _rotate(momentum_shear(k, gamma, 1), rope))
+
+            return hook
+
+        hooks = []
+        for li, layer in enumerate(self.layers):
+            hooks.append((hook_name(layer, "k"), read_key(li, layer)))
+            hooks.append((hook_name(layer, stage), read_output(li)))
+        return hooks
+
+    def result(self) -> PlacementAudit:
+        """Score what the observers read; raise RuntimeError if they read nothing."""
+        if min(self._rows) == 0:
+            raise RuntimeError(
+                "The placement audit observers read no keys; pass SharedPassAudit.observers() to the "
+                "forward pass before calling result()."
+            )
+        rope = self.loaded.rope
+        measurements = []
+        for placement, acc in self.accumulators.items():
+            acc.count = self._rows[0]
+            label = f"native {placement}" if self.native else f"attached {placement}"
+            measurements.append(_score(acc.estimate(), rope.theta, self.gamma, label, placement))
+        return PlacementAudit(
+            model_name=self.loaded.name,
+            layers=self.layers,
+            kv_heads=self.kv_heads,
+            theta=np.asarray(rope.theta, dtype=float),
+            gamma=self.gamma,
+            native_placement=self.native,
+            measurements=measurements,
+            settings={
+                "n_windows": self._rows[0],
+                "window": self._window,
+                "nperseg": self.nperseg,
+                "coherence_threshold": COHERENCE_THRESHOLD,
+                "match_tolerance_db": MATCH_TOLERANCE_DB,
+                "task_accuracy": None,
+                "source": "observers on the analysis pass" + ("" if self.native else "; shear applied to copies of the keys"),
+            },
+        )

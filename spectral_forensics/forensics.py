@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from spectral_forensics.analysis import analyse, head_gammas
-from spectral_forensics.audit import audit_rope_placement
+from spectral_forensics.audit import SharedPassAudit
 from spectral_forensics.extract import _rope_rotate, hook_name, select_heads
 from spectral_forensics.metrics.induction import HeadScores, induction_scores
 from spectral_forensics.metrics.orthogonality import orthogonality
@@ -147,14 +147,14 @@ def run_forensics(
         split and overlays. Default 1.0 for those analyses; the audit is skipped without it.
     audit_windows : int
         Windows the placement audit reads (the first ones). The shear is a fixed linear
-        filter, so its per-band response is measured with coherence near 1 from one window,
-        and each extra window costs two more forward passes (one per placement).
+        filter, so its per-band response is measured with coherence near 1 from one window.
     induction_batch : int
         Rows of repeated random tokens for the induction scores; each scored head averages
         about 16 positions per row.
 
-    The orthogonality split reads the queries of the first window during the spectral
-    analysis, so it needs no forward pass of its own.
+    The orthogonality split and the placement audit read their activations through observers
+    on the spectral analysis's forward pass (see :class:`spectral_forensics.audit.SharedPassAudit`
+    for how a plain model's shear is measured there), so neither runs a pass of its own.
     """
     if isinstance(audit_windows, bool) or not isinstance(audit_windows, int) or audit_windows < 1:
         raise ValueError(f"audit_windows={audit_windows!r} is not valid; give a whole number of windows >= 1")
@@ -169,6 +169,11 @@ def run_forensics(
         # Post-RoPE models shear rot_* into mom_*; pre-RoPE models shear q/k before rotation.
         pairs = [("rot_k", "mom_k"), ("rot_q", "mom_q")] if model.config.placement == "post_rope" else [("k", "mom_k"), ("q", "mom_q")]
     queries = _QueryCapture(layers, heads)
+    observers = queries.observers()
+    audit = None
+    if momentum or gamma is not None:
+        audit = SharedPassAudit(loaded, layers, gamma=gamma, nperseg=nperseg, n_windows=audit_windows)
+        observers += audit.observers()
     analysis = analyse(
         loaded,
         None,
@@ -181,14 +186,10 @@ def run_forensics(
         transfer_pairs=pairs,
         progress=progress,
         text_source=text_source,
-        observers=queries.observers(),
+        observers=observers,
     )
-    audit = None
-    if momentum or gamma is not None:
-        audit = audit_rope_placement(
-            loaded, windows[:audit_windows], gamma=gamma, layers=layers, nperseg=nperseg, batch_size=batch_size, progress=progress
-        )
+    placement_audit = None if audit is None else audit.result()
     gammas = head_gammas(loaded, layers, heads, 1.0 if gamma is None else gamma)
     ortho = _query_orthogonality(loaded, queries.captured, layers, gammas, nperseg)
     scores = induction_scores(loaded.bridge, layers, batch=induction_batch, progress=progress)
-    return ForensicReport(analysis=analysis, audit=audit, induction=scores, orthogonality=ortho)
+    return ForensicReport(analysis=analysis, audit=placement_audit, induction=scores, orthogonality=ortho)

@@ -110,3 +110,52 @@ def test_audit_of_training_run_reports_both_accuracies(tmp_path, capsys):
     expected = evaluate_run(run_dir, write=False)["eval"]["accuracy"]
     assert accuracies["pre_rope"] == pytest.approx(expected)
     assert payload["summary"]["native pre_rope"]["accuracy"] == pytest.approx(expected)
+
+
+def _shared_pass(loaded, windows, **kwargs):
+    from spectral_forensics.analysis import analyse
+    from spectral_forensics.audit import SharedPassAudit
+
+    audit = SharedPassAudit(loaded, list(range(loaded.rope.n_layers)), nperseg=64, n_windows=2, **kwargs)
+    analyse(loaded, None, windows=windows, nperseg=64, observers=audit.observers(), progress=False)
+    return audit.result()
+
+
+@pytest.mark.parametrize("placement", ["post_rope", "pre_rope"])
+def test_shared_pass_audit_of_native_model_equals_own_passes(placement):
+    loaded = loaded_momentum(placement)
+    shared = _shared_pass(loaded, WINDOWS)
+    own = audit_rope_placement(loaded, WINDOWS[:2], nperseg=64, progress=False)
+    assert shared.settings["n_windows"] == 2 and shared.settings["window"] == 256
+    (a,), (b,) = shared.measurements, own.measurements
+    assert a.label == b.label == f"native {placement}"
+    np.testing.assert_allclose(a.h, b.h, rtol=1e-9, atol=1e-12)
+    assert list(a.verdict.ravel()) == list(b.verdict.ravel()) == [placement] * a.verdict.size
+
+
+def test_shared_pass_audit_tells_attached_shears_apart_without_changing_the_model():
+    loaded = loaded_llama()
+    with torch.no_grad():
+        before = loaded.bridge(WINDOWS[:1], return_type="logits")
+    shared = _shared_pass(loaded, WINDOWS, gamma=2.0)
+    own = audit_rope_placement(loaded, WINDOWS[:2], gamma=2.0, nperseg=64, progress=False)
+    # Layer 1's keys differ a little between the two: the attached shear of layer 0 changes
+    # what layer 1 reads, and copies of the keys do not.
+    for a, b in zip(shared.measurements, own.measurements, strict=True):
+        assert a.label == b.label
+        assert list(a.verdict.ravel()) == list(b.verdict.ravel())
+        np.testing.assert_allclose(a.r[0], b.r[0], atol=1e-6)
+        np.testing.assert_allclose(a.r, b.r, atol=0.01)
+    np.testing.assert_allclose(shared.measurements[1].mismatch, shared.expected_mismatch,
+                               atol=0.05 * shared.expected_mismatch.max())
+    with torch.no_grad():
+        after = loaded.bridge(WINDOWS[:1], return_type="logits")
+    assert torch.equal(before, after)
+
+
+def test_shared_pass_audit_without_pass_raises():
+    from spectral_forensics.audit import SharedPassAudit
+
+    audit = SharedPassAudit(loaded_llama(), [0, 1], gamma=1.0)
+    with pytest.raises(RuntimeError, match="read no keys"):
+        audit.result()

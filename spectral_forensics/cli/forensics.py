@@ -71,7 +71,7 @@ def add_parsers(subparsers) -> None:
     report.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass (default: 4)")
     report.add_argument(
         "--audit-windows", type=positive_int, default=1,
-        help="windows the placement audit reads; each costs one forward pass per placement (default: 1)",
+        help="windows the placement audit reads from the analysis pass (default: 1)",
     )
     report.add_argument("--seed", type=int, default=0, help="seed of random token windows and induction rows (default: 0)")
     report.add_argument("--workers", type=positive_int, help="processes drawing the PNGs (default: CPU count)")

@@ -503,8 +503,11 @@ def induction_scores(
             chunk = _slice_rows(token_batch, start, start + chunk_size)
             scorer.rows = chunk
             before = dict(scorer.fire_counts)
+            # The scores read attention patterns only, so the pass stops after the last scored
+            # block and skips the unembedding.
             bridge.run_with_hooks(
-                chunk.tokens.to(device), fwd_hooks=scorer.hooks(), return_type=None
+                chunk.tokens.to(device), fwd_hooks=scorer.hooks(), return_type=None,
+                stop_at_layer=max(scored_layers) + 1,
             )
             fired = {layer: scorer.fire_counts[layer] - before[layer] for layer in scored_layers}
             silent = [layer for layer, count in fired.items() if count == 0]

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from spectral_forensics.cli import main
 from spectral_forensics.experiments import (
@@ -122,6 +123,8 @@ def test_transition_and_argmax_helpers():
         ({"overrides": {"no_such_key": 1}}, "setting 'no_such_key' is not known"),
         ({"overrides": {"lr": -1}}, "lr=-1"),
         ({"seeds": 0}, "seeds=0 is not valid"),
+        pytest.param({"scale": "gpu", "overrides": {}}, "has no CUDA device",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
     ],
 )
 def test_bad_arguments_fail_before_writing(tmp_path, kwargs, message):

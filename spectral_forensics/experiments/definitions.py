@@ -129,9 +129,12 @@ class SingleLayerInduction(Experiment):
             best = int(np.argmax(means))
             summary["best_gamma"] = gammas[best]
             summary["best_accuracy"] = curve[_g(gammas[best])]
-            # Half-way from the smallest swept γ to the best mean, on the linear interpolation.
-            level = means[0] + 0.5 * (means[best] - means[0])
-            summary["transition_gamma"] = crossing(np.array(gammas[: best + 1]), means[: best + 1], level)
+            # Half-way (transition) and a tenth of the way (onset, where induction starts to
+            # emerge) from the smallest swept γ to the best mean, on the linear interpolation.
+            rise = means[best] - means[0]
+            x, y = np.array(gammas[: best + 1]), means[: best + 1]
+            summary["transition_gamma"] = crossing(x, y, means[0] + 0.5 * rise)
+            summary["onset_gamma"] = crossing(x, y, means[0] + 0.1 * rise)
         for name in ("two-layer", "smeared-key"):
             values = _accuracies(records, model=name)
             summary[f"baseline_{name}"] = spread(values) if values else None

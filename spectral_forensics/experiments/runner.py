@@ -287,6 +287,15 @@ def run_experiment(
     if world > 1 and jobs > 1:
         raise ValueError(f"jobs={jobs} cannot be combined with torchrun (WORLD_SIZE={world}); use jobs=1")
 
+    device = str(settings["train"].get("device", "cpu"))
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"scale {scale!r} trains on device={device!r}, but this machine has no CUDA device; "
+                "use --scale cpu, or --set device=cpu to run the larger settings on the CPU"
+            )
     out = Path(out)
     meta = _check_directory(out, name, scale, settings)
     specs = experiment.runs(settings, gammas, seeds)

@@ -179,3 +179,23 @@ def test_temporal_docstring_examples():
     result = doctest.testmod(temporal)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("n, nperseg, noverlap", [(512, 128, None), (100, 31, 10), (64, 64, None), (300, 65, 64)])
+@pytest.mark.parametrize("detrend", [False, "constant"])
+def test_welch_psd_equals_scipy_welch(dtype, n, nperseg, noverlap, detrend):
+    rng = np.random.default_rng(n + nperseg)
+    x = rng.standard_normal((3, n, 2))
+    if np.issubdtype(dtype, np.complexfloating):
+        x = x + 1j * rng.standard_normal((3, n, 2))
+    x = x.astype(dtype)
+    freqs, psd = welch_psd(x, nperseg, axis=1, noverlap=noverlap, detrend=detrend)
+    expected_freqs, expected = scipy.signal.welch(
+        x, fs=2 * np.pi, nperseg=nperseg, noverlap=noverlap, detrend=detrend, axis=1
+    )
+    expected = np.moveaxis(expected, 1, -1)
+    assert psd.dtype == expected.dtype
+    np.testing.assert_allclose(freqs, expected_freqs)
+    tolerance = 1e-5 if np.finfo(psd.dtype).bits == 32 else 1e-12
+    np.testing.assert_allclose(psd, expected, rtol=0, atol=tolerance * np.abs(expected).max())

@@ -324,3 +324,26 @@ def test_transfer_docstring_examples():
     result = doctest.testmod(transfer, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("complex_input", [False, True])
+@pytest.mark.parametrize("nperseg, noverlap", [(64, None), (31, 10)])
+@pytest.mark.parametrize("detrend", [False, "constant"])
+def test_cross_spectra_equal_scipy_welch_and_csd(complex_input, nperseg, noverlap, detrend):
+    rng = np.random.default_rng(nperseg)
+    x = rng.standard_normal((2, 300, 3))
+    y = np.roll(x, 1, axis=1) + 0.3 * rng.standard_normal((2, 300, 3))
+    if complex_input:
+        x = x + 1j * rng.standard_normal((2, 300, 3))
+        y = y - 0.5j * x
+    freqs, pxx, pyy, pxy = transfer.cross_spectra(x, y, nperseg, axis=1, noverlap=noverlap, detrend=detrend)
+    settings = dict(fs=2 * np.pi, nperseg=nperseg, noverlap=noverlap, detrend=detrend, axis=1)
+    expected = [
+        scipy.signal.welch(x, **settings)[1],
+        scipy.signal.welch(y, **settings)[1],
+        scipy.signal.csd(x, y, **settings)[1],
+    ]
+    np.testing.assert_allclose(freqs, scipy.signal.welch(x, **settings)[0])
+    for ours, theirs in zip((pxx, pyy, pxy), expected, strict=True):
+        theirs = np.moveaxis(theirs, 1, -1)
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12 * np.abs(theirs).max())

@@ -23,6 +23,8 @@ from spectral_forensics.spectral.temporal import (
     _as_numpy,
     _normalize_average_axes,
     _normalize_axis,
+    average_segments,
+    segment_spectra,
     validate_nperseg,
 )
 
@@ -427,7 +429,8 @@ def cross_spectra(
     -----
     P_xx = ``scipy.signal.welch(x)``, P_yy = ``welch(y)`` and P_xy = ``scipy.signal.csd(x, y)``
     (scipy's convention P_xy = E[conj(X) Y], so P_xy / P_xx = H for y = h * x), all with
-    fs = 2π. Averaging the spectra, not the ratios, keeps the estimate unbiased by noise in
+    fs = 2π. Without linear detrending they come from one FFT of each signal's segments and
+    equal scipy's within float rounding. Averaging the spectra, not the ratios, keeps the estimate unbiased by noise in
     y. A caller that streams windows can sum these spectra over windows and pass the sums to
     :func:`transfer_from_spectra`.
 
@@ -459,9 +462,18 @@ def cross_spectra(
         detrend=detrend,
         axis=token_axis,
     )
-    freqs, pxx = scipy.signal.welch(x, **settings)
-    _, pyy = scipy.signal.welch(y, **settings)
-    _, pxy = scipy.signal.csd(x, y, **settings)
+    if detrend in (False, "constant"):
+        # The same estimates from one FFT of each signal's segments (see welch_psd).
+        two_sided = np.iscomplexobj(x) or np.iscomplexobj(y)
+        freqs, fx, scale = segment_spectra(x, nperseg, noverlap, window, detrend, token_axis, two_sided)
+        _, fy, _ = segment_spectra(y, nperseg, noverlap, window, detrend, token_axis, two_sided)
+        pxx = average_segments(fx.real**2 + fx.imag**2, scale, nperseg, two_sided, token_axis)
+        pyy = average_segments(fy.real**2 + fy.imag**2, scale, nperseg, two_sided, token_axis)
+        pxy = average_segments(np.conj(fx) * fy, scale, nperseg, two_sided, token_axis)
+    else:
+        freqs, pxx = scipy.signal.welch(x, **settings)
+        _, pyy = scipy.signal.welch(y, **settings)
+        _, pxy = scipy.signal.csd(x, y, **settings)
 
     spectra = []
     kept_axes = [a for a in range(x.ndim) if a != token_axis]

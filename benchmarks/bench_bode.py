@@ -13,14 +13,14 @@ windows:
 (c) alternative: ``run_with_cache`` on hook_q, hook_k, hook_rot_q and hook_rot_k of every layer,
     then a Python loop over layers and heads calling scipy.signal.welch and numpy per head;
 (d) drawing: every PNG, the plotly page and the HTML report from the result of (b);
-(e) report: the ``report`` command's measurements (spectra, placement audit with γ = 1
-    attached both ways, query orthogonality, induction scores), no drawing, and
+(e) report: the ``report`` command's measurements with γ = 1 for the placement audit (spectra,
+    audit at both placements, query orthogonality, induction scores), no drawing, and
     report_drawing: the same plus writing the whole report. Select them with
     ``--stages forward,report,report_drawing``.
 
-Forward, analysis and alternative run ``--repeats`` times, interleaved, because the speed of a
-shared 2-core machine drifts by 10-20 % between minutes; medians are reported. Prints each run,
-the medians and the ratios (b)/(a) and (b)/(c).
+Every stage but drawing runs ``--repeats`` times, interleaved, because the speed of a shared
+2-core machine drifts by 10-20 % between minutes; medians are reported. Prints each run, the
+medians and the ratios (b)/(a), (e)/(a) and (b)/(c).
 """
 
 from __future__ import annotations

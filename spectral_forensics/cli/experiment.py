@@ -71,8 +71,10 @@ def run_list(args: argparse.Namespace) -> int:
 
     for experiment in EXPERIMENTS.values():
         print(f"{experiment.name}\n  {experiment.description}\n  published: {experiment.claim}")
-        print(f"  scales: {', '.join(experiment.scales)}; seeds by default: "
-              + ", ".join(f"{k} {v}" for k, v in experiment.default_seeds.items()))
+        for scale, settings in experiment.scales.items():
+            values = {**settings["params"], **settings["train"]}
+            text = " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+            print(f"  {scale} ({experiment.default_seeds.get(scale, 3)} seeds): {text}")
     return 0
 
 

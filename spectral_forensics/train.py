@@ -365,6 +365,17 @@ def evaluate_task(
 # --------------------------------------------------------------------------------------------
 
 
+def default_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a file or directory made by tempfile the mode ``open``/``mkdir`` would have given.
+
+    mkstemp and mkdtemp create 0600 files and 0700 directories. Outputs renamed into place
+    from them get 0666 or 0777 minus the umask instead, like every other output.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file in the same directory and os.replace."""
     path = Path(path)
@@ -373,6 +384,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, allow_nan=True)
             handle.write("\n")
+        default_mode(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -495,6 +507,7 @@ def _save_checkpoint(run_dir: Path, model: MomentumForCausalLM, trainer_state: d
         with _transformers_progress_off():
             model.save_pretrained(temporary)
         torch.save(trainer_state, temporary / TRAINER_STATE_FILE)
+        default_mode(temporary, directory=True)
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -545,6 +558,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write("".join(line + "\n" for line in kept))
+    default_mode(temporary)
     os.replace(temporary, path)
 
 

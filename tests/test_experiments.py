@@ -123,6 +123,9 @@ def test_transition_and_argmax_helpers():
         ({"overrides": {"no_such_key": 1}}, "setting 'no_such_key' is not known"),
         ({"overrides": {"lr": -1}}, "lr=-1"),
         ({"seeds": 0}, "seeds=0 is not valid"),
+        ({"name": "depth-scaling", "overrides": {"depths": []}}, r"depths=\[\] is not valid"),
+        ({"name": "depth-scaling", "overrides": {"depths": "[1,2"}}, "give a non-empty JSON list"),
+        ({"name": "language-model", "gammas": None, "overrides": {"param_ratio": 0.5}}, "param_ratio=0.5"),
         pytest.param({"scale": "gpu", "overrides": {}}, "has no CUDA device",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
     ],
@@ -196,3 +199,57 @@ def test_notebook_05_reads_the_recorded_results(tmp_path):
     images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == len(EXPERIMENTS)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(f"{name}.png" for name in EXPERIMENTS)
+
+
+def test_interrupted_parallel_sweep_stops_its_workers():
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from spectral_forensics.experiments.runner import _stop_workers
+
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(time.sleep, 60) for _ in range(4)]
+    while not all(f.running() for f in futures[:2]):
+        time.sleep(0.05)
+    processes = list(pool._processes.values())
+    started = time.perf_counter()
+    _stop_workers(pool)
+    assert time.perf_counter() - started < 15
+    assert all(not p.is_alive() for p in processes)
+    assert all(f.cancelled() for f in futures[2:])
+
+
+def test_outputs_get_the_default_file_mode(tmp_path):
+    import os
+
+    out = tmp_path / "sli"
+    tiny_run("single-layer-induction", out)
+    (png,) = plot_results(out)
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (out / "experiment.json", out / "summary.json", out / "runs.jsonl", png):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
+def test_plot_into_one_directory_refuses_colliding_figures(tmp_path):
+    tiny_run("single-layer-induction", tmp_path / "a")
+    tiny_run("single-layer-induction", tmp_path / "b")
+    with pytest.raises(ValueError, match="several results directories of single-layer-induction"):
+        plot_results(tmp_path, tmp_path / "figures")
+    assert not (tmp_path / "figures").exists()
+
+
+def test_no_transition_without_a_rise():
+    from spectral_forensics.experiments.definitions import get_experiment
+
+    records = [{"run_id": f"g{g}", "labels": {"model": "momentum", "gamma": g, "seed": 0}, "accuracy": 0.02,
+                "loss": 4.0, "chance_accuracy": 0.016} for g in (0.0, 1.0, 2.0)]
+    summary = get_experiment("single-layer-induction").summarise(records, {})
+    assert summary["transition_gamma"] is None and summary["onset_gamma"] is None
+
+
+def test_gamma_list_rejects_empty_items(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "run", "single-layer-induction", "--gammas", "0,,2", "--out", str(tmp_path / "x")])
+    assert "invalid γ list" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from spectral_forensics.cli.common import positive_int
 def gamma_list(value: str) -> list[float]:
     """Parse ``"0,0.5,1,4"`` into floats."""
     try:
-        return [float(part) for part in value.split(",") if part.strip()]
+        return [float(part) for part in value.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid γ list {value!r}; use comma-separated numbers such as 0,1,4") from None
 

@@ -56,6 +56,7 @@ class Experiment:
         settings = copy.deepcopy(self.scales[scale])
         for key, value in (overrides or {}).items():
             if key in settings["params"]:
+                _check_param(key, value, settings["params"][key])
                 settings["params"][key] = value
             elif key in _TRAIN_FIELDS:
                 settings["train"][key] = value
@@ -72,6 +73,23 @@ class Experiment:
 
     def summarise(self, records: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def _check_param(key: str, value: Any, default: Any) -> None:
+    """Check an experiment parameter against the form of its default value."""
+    if isinstance(default, list):
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            raise ValueError(
+                f"{key}={value!r} is not valid; give a non-empty JSON list of integers >= 1, "
+                f"e.g. --set {key}={default}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError(f"{key}={value!r} repeats a value; give each once")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{key}={value!r} is not valid; give a finite number >= 0, e.g. --set {key}={default}")
+    elif key == "param_ratio" and value <= 1:
+        raise ValueError(f"param_ratio={value!r} is not valid; the baseline must be larger, so give a ratio > 1")
 
 
 def _train_fields() -> set[str]:
@@ -133,8 +151,9 @@ class SingleLayerInduction(Experiment):
             # emerge) from the smallest swept γ to the best mean, on the linear interpolation.
             rise = means[best] - means[0]
             x, y = np.array(gammas[: best + 1]), means[: best + 1]
-            summary["transition_gamma"] = crossing(x, y, means[0] + 0.5 * rise)
-            summary["onset_gamma"] = crossing(x, y, means[0] + 0.1 * rise)
+            # Without a rise above the smallest γ there is no transition to locate.
+            summary["transition_gamma"] = crossing(x, y, means[0] + 0.5 * rise) if rise > 0 else None
+            summary["onset_gamma"] = crossing(x, y, means[0] + 0.1 * rise) if rise > 0 else None
         for name in ("two-layer", "smeared-key"):
             values = _accuracies(records, model=name)
             summary[f"baseline_{name}"] = spread(values) if values else None
@@ -174,10 +193,13 @@ class DepthScaling(Experiment):
                 means = np.array([v.mean() for v in losses])
                 star = refined_argmax(np.array(gammas), -means)
                 boot = bootstrap_argmax(np.array(gammas), [-v for v in losses], resamples=500, seed=depth)
-                # The grid limits how well γ* is located even when every resample agrees.
-                spacing = float(np.min(np.diff(gammas)))
-                error = max(float(boot.std(ddof=1)), spacing / 4)
+                # The grid limits how well γ* is located even when every resample agrees: the
+                # floor is a quarter of the grid spacing around the best point.
                 best = int(np.argmin(means))
+                grid = np.array(gammas)
+                spacing = float(grid[min(best + 1, len(grid) - 1)] - grid[max(best - 1, 0)]) / (
+                    2 if 0 < best < len(grid) - 1 else 1)
+                error = max(float(boot.std(ddof=1)), spacing / 4)
                 entry.update({"gamma_star": star, "gamma_star_std": error,
                               "gamma_star_interval_68": [float(np.percentile(boot, 16)), float(np.percentile(boot, 84))],
                               "best_loss": float(means[best]),
@@ -302,8 +324,8 @@ def parameter_count(train: dict[str, Any]) -> int:
 
 
 def baseline_width(train: dict[str, Any], ratio: float) -> int:
-    """The baseline d_model (a multiple of 2 · heads) whose parameter count is closest to
-    ``ratio`` times the momentum model's."""
+    """Return the baseline d_model (a multiple of 2 · heads) whose parameter count is closest
+    to ``ratio`` times the momentum model's."""
     target = ratio * parameter_count(train)
     step = 2 * train["heads"]
     best, best_error = train["d_model"], math.inf

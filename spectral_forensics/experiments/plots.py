@@ -10,6 +10,7 @@ import numpy as np
 
 from spectral_forensics.experiments.definitions import get_experiment
 from spectral_forensics.experiments.runner import EXPERIMENT_FILE, Results, load_results
+from spectral_forensics.train import default_mode
 
 
 def _curve(ax, x, entries, label, **style):
@@ -152,6 +153,7 @@ def plot_experiment(results: Results, out: str | Path | None = None) -> Path:
     os.close(descriptor)
     try:
         fig.savefig(temporary)
+        default_mode(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -178,6 +180,14 @@ def plot_results(path: str | Path, out_dir: str | Path | None = None) -> list[Pa
         )
     # Load (and so check) everything before drawing anything.
     loaded = [load_results(d) for d in directories]
+    if out_dir is not None:
+        names = [r.experiment for r in loaded]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"{str(path)!r} contains several results directories of {', '.join(repeated)}, whose figures "
+                "would overwrite each other in --out; plot each directory on its own, or leave out --out"
+            )
     written = []
     for results in loaded:
         target = None if out_dir is None else Path(out_dir) / f"{results.experiment}.png"

@@ -76,7 +76,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(
-                    f"{path}:{number} is not valid JSON ({error.msg}); the line is corrupt. Delete that "
+                    f"{path}:{number} is not valid JSON ({error.msg} at column {error.colno}); the line is "
+                    "corrupt. Delete that "
                     "line to rerun its run, or restore the file"
                 ) from None
             if not isinstance(record, dict) or not {"run_id", "labels", "accuracy", "loss"} <= set(record):
@@ -162,7 +163,10 @@ def _audit_run(run_dir: Path, window: int = 256, n_windows: int = 8, nperseg: in
     from spectral_forensics.audit import audit_rope_placement, random_windows
     from spectral_forensics.models import load_model
 
-    loaded = load_model(str(run_dir))
+    from spectral_forensics.train import _transformers_progress_off
+
+    with _transformers_progress_off():
+        loaded = load_model(str(run_dir))
     config = loaded.hf_model.config
     config.max_position_embeddings = max(config.max_position_embeddings, window)
     windows = random_windows(config.vocab_size, n_windows, window, seed=0)
@@ -204,6 +208,22 @@ def execute_run(settings: dict[str, Any], spec: RunSpec, run_dir: str, threads: 
     if spec.audit:
         record["audit"] = _audit_run(run_dir)
     return record
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool after an error or an interrupt without waiting for its runs.
+
+    Queued runs are dropped and running ones are terminated; they resume from their last
+    checkpoint on the next call. Waiting instead would keep an interrupted command alive until
+    every submitted run had trained to the end, and those runs would not be recorded.
+    """
+    # ProcessPoolExecutor has no public way to stop running work; _processes maps pid -> Process.
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
 
 
 def _join_processes(settings: dict[str, Any], world: int) -> bool:
@@ -347,17 +367,17 @@ def run_experiment(
 
             threads = max(1, (os.cpu_count() or 1) // jobs)
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+            try:
                 futures = {pool.submit(execute_run, settings, spec, str(out / "runs" / spec.run_id), threads): spec
                            for spec in todo}
-                try:
-                    for future in as_completed(futures):
-                        finish(future.result())
-                        bar.update(1)
-                except BaseException:
-                    # Runs not started yet are dropped; the finished ones are already recorded.
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+                for future in as_completed(futures):
+                    finish(future.result())
+                    bar.update(1)
+            except BaseException:
+                _stop_workers(pool)
+                raise
+            pool.shutdown()
     finally:
         bar.close()
         if group:

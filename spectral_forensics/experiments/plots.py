@@ -168,6 +168,8 @@ def plot_results(path: str | Path, out_dir: str | Path | None = None) -> list[Pa
     directory's ``figures/``.
     """
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist; pass the --out of `experiment run`")
     if (path / EXPERIMENT_FILE).is_file():
         directories = [path]
     elif path.is_dir():

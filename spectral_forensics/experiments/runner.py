@@ -218,12 +218,11 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     every submitted run had trained to the end, and those runs would not be recorded.
     """
     # ProcessPoolExecutor has no public way to stop running work; _processes maps pid -> Process.
-    processes = list(getattr(pool, "_processes", {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     for process in processes:
         process.terminate()
-    for process in processes:
-        process.join(timeout=10)
+    # The pool's own thread notices the dead workers, fails their runs and reaps them.
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _join_processes(settings: dict[str, Any], world: int) -> bool:

@@ -175,6 +175,19 @@ def _measure(
     return acc.estimate()
 
 
+def _native_shear(loaded: LoadedModel, layers: list[int], kv_heads: list[int]) -> tuple[str, np.ndarray]:
+    """Return a Momentum Attention model's placement and its γ per layer and key/value head."""
+    model = loaded.hf_model
+    placement = model.config.placement
+    if placement not in PLACEMENTS:
+        raise ValueError(
+            f"Model {loaded.name!r} has placement={placement!r}: it applies no shear, so there is "
+            "nothing to audit. Audit a post_rope or pre_rope model, or attach the shear with --gamma."
+        )
+    table = model.momentum_gammas().double().cpu().numpy()[layers]
+    return placement, table[:, [h * loaded.rope.group_size for h in kv_heads]]
+
+
 def _score(estimate, theta: np.ndarray, gamma: np.ndarray, label: str, placement: str) -> PlacementMeasurement:
     freqs = estimate.freqs
     g = gamma[:, :, None, None]
@@ -272,14 +285,7 @@ def audit_rope_placement(
     native = None
     task_accuracies = None
     if hasattr(model, "momentum_gammas"):
-        native = model.config.placement
-        if native not in PLACEMENTS:
-            raise ValueError(
-                f"Model {loaded.name!r} has placement={native!r}: it applies no shear, so there is "
-                "nothing to audit. Audit a post_rope or pre_rope model, or attach the shear with --gamma."
-            )
-        table = model.momentum_gammas().double().cpu().numpy()[layers]
-        gammas = table[:, [h * rope.group_size for h in kv_heads]]
+        native, gammas = _native_shear(loaded, layers, kv_heads)
         output_stage = "mom_k" if native == "post_rope" else "rot_k"
         estimate = _measure(loaded, windows, layers, kv_heads, output_stage, False, nperseg, batch_size, progress, native)
         measurement = _score(estimate, rope.theta, gammas, f"native {native}", native)
@@ -378,15 +384,9 @@ class SharedPassAudit:
         self.kv_heads = list(range(rope.n_kv_heads))
         self.nperseg = nperseg
         self.n_windows = n_windows
-        self.native = model.config.placement if hasattr(model, "momentum_gammas") else None
-        if self.native is not None:
-            if self.native not in PLACEMENTS:
-                raise ValueError(
-                    f"Model {loaded.name!r} has placement={self.native!r}: it applies no shear, so there is "
-                    "nothing to audit. Audit a post_rope or pre_rope model, or attach the shear with --gamma."
-                )
-            table = model.momentum_gammas().double().cpu().numpy()[self.layers]
-            self.gamma = table[:, [h * rope.group_size for h in self.kv_heads]]
+        self.native = None
+        if hasattr(model, "momentum_gammas"):
+            self.native, self.gamma = _native_shear(loaded, self.layers, self.kv_heads)
             self.placements = [self.native]
         else:
             if gamma is None or not (math.isfinite(gamma) and gamma >= 0):

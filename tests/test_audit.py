@@ -122,18 +122,21 @@ def _shared_pass(loaded, windows, **kwargs):
 
 
 @pytest.mark.parametrize("placement", ["post_rope", "pre_rope"])
-def test_shared_pass_audit_of_native_model_equals_own_passes(placement):
+def test_shared_pass_native_equals_own_passes(placement):
     loaded = loaded_momentum(placement)
     shared = _shared_pass(loaded, WINDOWS)
     own = audit_rope_placement(loaded, WINDOWS[:2], nperseg=64, progress=False)
-    assert shared.settings["n_windows"] == 2 and shared.settings["window"] == 256
+    assert shared.settings["n_windows"] == 2
+    assert shared.settings["window"] == 256
     (a,), (b,) = shared.measurements, own.measurements
-    assert a.label == b.label == f"native {placement}"
+    assert a.label == f"native {placement}"
+    assert b.label == a.label
     np.testing.assert_allclose(a.h, b.h, rtol=1e-9, atol=1e-12)
-    assert list(a.verdict.ravel()) == list(b.verdict.ravel()) == [placement] * a.verdict.size
+    assert list(a.verdict.ravel()) == [placement] * a.verdict.size
+    assert list(b.verdict.ravel()) == list(a.verdict.ravel())
 
 
-def test_shared_pass_audit_tells_attached_shears_apart_without_changing_the_model():
+def test_shared_pass_attached_leaves_model_unchanged():
     loaded = loaded_llama()
     with torch.no_grad():
         before = loaded.bridge(WINDOWS[:1], return_type="logits")

@@ -83,7 +83,7 @@ def test_global_batch_must_split_evenly(tmp_path, monkeypatch):
     assert not (tmp_path / "odd").exists()
 
 
-def test_experiment_sweep_under_torchrun_matches_one_process(tmp_path):
+def test_torchrun_sweep_matches_one_process(tmp_path):
     """Several runs in one torchrun job share one process group and record what one process does."""
     from spectral_forensics.experiments import run_experiment
 

@@ -33,14 +33,16 @@ def tiny_run(name, out, **kwargs):
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
-def test_every_experiment_runs_end_to_end_and_plots(name, tmp_path):
+def test_each_experiment_runs_and_plots(name, tmp_path):
     results = tiny_run(name, tmp_path / name)
     meta = json.loads((tmp_path / name / "experiment.json").read_text())
-    assert meta["experiment"] == name and meta["scale"] == "cpu"
+    assert meta["experiment"] == name
+    assert meta["scale"] == "cpu"
     lines = (tmp_path / name / "runs.jsonl").read_text().splitlines()
     assert len(lines) == len(results.records) > 0
     for record in results.records:
-        assert 0.0 <= record["accuracy"] <= 1.0 and math.isfinite(record["loss"])
+        assert 0.0 <= record["accuracy"] <= 1.0
+        assert math.isfinite(record["loss"])
         assert record["steps"] == 2
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     assert summary == json.loads(json.dumps(results.summary))
@@ -52,16 +54,18 @@ def test_summary_contents(tmp_path):
     sli = tiny_run("single-layer-induction", tmp_path / "sli")
     assert set(sli.summary["by_gamma"]) == {"0", "1"}
     assert sli.summary["best_gamma"] in (0.0, 1.0)
-    assert sli.summary["baseline_two-layer"]["n"] == 1 and sli.summary["baseline_smeared-key"]["n"] == 1
+    assert sli.summary["baseline_two-layer"]["n"] == 1
+    assert sli.summary["baseline_smeared-key"]["n"] == 1
     placement = tiny_run("rope-placement", tmp_path / "rp")
     audited = [r for r in placement.records if r["labels"]["model"] != "standard"]
-    assert audited and all(-1.0 <= r["audit"]["mean_r"] <= 1.0 for r in audited)
+    assert audited
+    assert all(-1.0 <= r["audit"]["mean_r"] <= 1.0 for r in audited)
     assert placement.summary["rope_theta"] == 10000.0
     lm = tiny_run("language-model", tmp_path / "lm")
     assert 2.0 <= lm.summary["parameter_ratio"] <= 3.6
 
 
-def test_resume_skips_finished_runs_and_reruns_a_missing_one(tmp_path):
+def test_rerun_skips_finished_resumes_missing(tmp_path):
     out = tmp_path / "sli"
     first = tiny_run("single-layer-induction", out)
     lines = (out / "runs.jsonl").read_text().splitlines()
@@ -76,7 +80,8 @@ def test_resume_skips_finished_runs_and_reruns_a_missing_one(tmp_path):
     missing = json.loads(lines[-1])["run_id"]
     third = tiny_run("single-layer-induction", out)
     redone = [r for r in third.records if r["run_id"] == missing]
-    assert len(redone) == 1 and redone[0]["resumed"] is True
+    assert len(redone) == 1
+    assert redone[0]["resumed"] is True
     assert len((out / "runs.jsonl").read_text().splitlines()) == len(lines)
 
 
@@ -92,12 +97,15 @@ def test_more_seeds_extend_a_sweep(tmp_path):
 def test_power_law_fit_recovers_known_parameters():
     n = np.array([1, 2, 3, 4, 6], dtype=float)
     exact = fit_power_law(n, 4.17 * n**-0.74)
-    assert exact.a == pytest.approx(4.17, rel=1e-6) and exact.b == pytest.approx(0.74, rel=1e-6)
+    assert exact.a == pytest.approx(4.17, rel=1e-6)
+    assert exact.b == pytest.approx(0.74, rel=1e-6)
     rng = np.random.default_rng(0)
     sigma = np.full(5, 0.05)
     noisy = fit_power_law(n, 4.17 * n**-0.74 + rng.normal(0, 0.05, 5), sigma)
-    assert noisy.a_ci[0] < 4.17 < noisy.a_ci[1] and noisy.b_ci[0] < 0.74 < noisy.b_ci[1]
-    assert abs(noisy.a - 4.17) < 0.2 and abs(noisy.b - 0.74) < 0.1
+    assert noisy.a_ci[0] < 4.17 < noisy.a_ci[1]
+    assert noisy.b_ci[0] < 0.74 < noisy.b_ci[1]
+    assert abs(noisy.a - 4.17) < 0.2
+    assert abs(noisy.b - 0.74) < 0.1
     with pytest.raises(ValueError, match="at least 3 points"):
         fit_power_law([1, 2], [1, 0.5])
 
@@ -123,6 +131,8 @@ def test_transition_and_argmax_helpers():
         ({"overrides": {"no_such_key": 1}}, "setting 'no_such_key' is not known"),
         ({"overrides": {"lr": -1}}, "lr=-1"),
         ({"seeds": 0}, "seeds=0 is not valid"),
+        ({"name": "depth-scaling", "gammas": [1.0], "overrides": {"seq_len": 16, "task_options": {"num_pairs": 10}}},
+         "seq_len=16 is too short for 10 pairs"),
         ({"name": "depth-scaling", "overrides": {"depths": []}}, r"depths=\[\] is not valid"),
         ({"name": "depth-scaling", "overrides": {"depths": "[1,2"}}, "give a non-empty JSON list"),
         ({"name": "language-model", "gammas": None, "overrides": {"param_ratio": 0.5}}, "param_ratio=0.5"),
@@ -138,7 +148,7 @@ def test_bad_arguments_fail_before_writing(tmp_path, kwargs, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_results_directory_of_another_experiment_or_settings_is_refused(tmp_path):
+def test_foreign_results_directory_rejected(tmp_path):
     out = tmp_path / "sli"
     tiny_run("single-layer-induction", out)
     with pytest.raises(ValueError, match="contains results of experiment 'single-layer-induction'"):
@@ -153,7 +163,7 @@ def test_results_directory_of_another_experiment_or_settings_is_refused(tmp_path
         tiny_run("single-layer-induction", tmp_path / "other")
 
 
-def test_corrupt_lines_are_reported_with_their_number(tmp_path):
+def test_corrupt_line_reports_number(tmp_path):
     out = tmp_path / "sli"
     tiny_run("single-layer-induction", out)
     lines = (out / "runs.jsonl").read_text().splitlines()
@@ -167,7 +177,7 @@ def test_corrupt_lines_are_reported_with_their_number(tmp_path):
         load_results(out)
 
 
-def test_experiment_without_gamma_sweep_rejects_gammas(tmp_path):
+def test_fixed_gamma_experiment_rejects_gammas(tmp_path):
     with pytest.raises(ValueError, match="does not sweep γ"):
         run_experiment("icl-chain", tmp_path / "out", gammas=[1.0], progress=False)
 
@@ -175,7 +185,8 @@ def test_experiment_without_gamma_sweep_rejects_gammas(tmp_path):
 def test_command_line(tmp_path, capsys):
     assert main(["experiment", "list"]) == 0
     listed = capsys.readouterr().out
-    assert all(name in listed for name in EXPERIMENTS) and "4.17" in listed
+    assert all(name in listed for name in EXPERIMENTS)
+    assert "4.17" in listed
     settings = [item for key, value in {**TINY, "seq_len": 16, "vocab_size": 16}.items()
                 for item in ("--set", f"{key}={value}")]
     out = tmp_path / "sli"
@@ -189,19 +200,20 @@ def test_command_line(tmp_path, capsys):
     assert main(["experiment", "plot", str(tmp_path / "missing")]) == 2
 
 
-def test_notebook_05_reads_the_recorded_results(tmp_path):
+def test_notebook_05_recorded_results(tmp_path):
     from conftest import REPO, execute_notebook
 
     notebook = execute_notebook("05_reproducing_the_paper.ipynb",
                                 {"SF_RESULTS": str(REPO / "docs" / "results"), "SF_FIGURES": str(tmp_path)})
     text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
-    assert "single-layer-induction: 36 runs" in text and "transition γ" in text
+    assert "single-layer-induction: 36 runs" in text
+    assert "transition γ" in text
     images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == len(EXPERIMENTS)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(f"{name}.png" for name in EXPERIMENTS)
 
 
-def test_interrupted_parallel_sweep_stops_its_workers():
+def test_stop_workers_ends_pool():
     import multiprocessing
     import time
     from concurrent.futures import ProcessPoolExecutor
@@ -221,7 +233,7 @@ def test_interrupted_parallel_sweep_stops_its_workers():
     assert not any(f.done() and not f.cancelled() and f.exception() is None for f in futures)
 
 
-def test_outputs_get_the_default_file_mode(tmp_path):
+def test_outputs_default_file_mode(tmp_path):
     import os
 
     out = tmp_path / "sli"
@@ -233,7 +245,7 @@ def test_outputs_get_the_default_file_mode(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
 
 
-def test_plot_into_one_directory_refuses_colliding_figures(tmp_path):
+def test_plot_rejects_colliding_figures(tmp_path):
     tiny_run("single-layer-induction", tmp_path / "a")
     tiny_run("single-layer-induction", tmp_path / "b")
     with pytest.raises(ValueError, match="several results directories of single-layer-induction"):
@@ -247,7 +259,8 @@ def test_no_transition_without_a_rise():
     records = [{"run_id": f"g{g}", "labels": {"model": "momentum", "gamma": g, "seed": 0}, "accuracy": 0.02,
                 "loss": 4.0, "chance_accuracy": 0.016} for g in (0.0, 1.0, 2.0)]
     summary = get_experiment("single-layer-induction").summarise(records, {})
-    assert summary["transition_gamma"] is None and summary["onset_gamma"] is None
+    assert summary["transition_gamma"] is None
+    assert summary["onset_gamma"] is None
 
 
 def test_gamma_list_rejects_empty_items(tmp_path, capsys):

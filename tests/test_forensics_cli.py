@@ -46,7 +46,8 @@ def test_report_joins_every_measurement(checkpoint, tmp_path, capsys):
         assert (tmp_path / "rep" / name).is_file(), name
     assert "Classified 8 heads" in captured.out
     page = (tmp_path / "rep" / "index.html").read_text()
-    assert "The audit read 1 window(s) of 128 tokens" in page and "r depends on the RoPE frequencies" in page
+    assert "The audit read 1 window(s) of 128 tokens" in page
+    assert "r depends on the RoPE frequencies" in page
 
 
 def test_bode_measures_stage_transfer(checkpoint, tmp_path, capsys):

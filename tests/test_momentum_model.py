@@ -273,7 +273,7 @@ def test_sequence_longer_than_limit_raises():
         model(tokens(1, 9))
 
 
-def test_smeared_keys_mix_each_key_with_the_previous_one():
+def test_smeared_keys_mix_previous_key():
     model = tiny_model(placement="none", smear_keys=True, num_key_value_heads=2)
     attention = model.model.layers[0].self_attn
     with torch.no_grad():

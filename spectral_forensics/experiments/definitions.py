@@ -152,6 +152,8 @@ class SingleLayerInduction(Experiment):
             rise = means[best] - means[0]
             x, y = np.array(gammas[: best + 1]), means[: best + 1]
             # Without a rise above the smallest γ there is no transition to locate.
+            # NOTE: any rise counts, even one within the seed spread, so at chance level the
+            # transition and onset locate noise.
             summary["transition_gamma"] = crossing(x, y, means[0] + 0.5 * rise) if rise > 0 else None
             summary["onset_gamma"] = crossing(x, y, means[0] + 0.1 * rise) if rise > 0 else None
         for name in ("two-layer", "smeared-key"):

@@ -287,6 +287,8 @@ def run_experiment(
         Unknown experiment, scale, setting or γ list, or an incompatible results directory,
         before anything is written.
     """
+    from spectral_forensics.train import build_task
+
     experiment = get_experiment(name)
     settings = experiment.settings(scale, overrides)
     if experiment.sweeps_gamma:
@@ -318,9 +320,17 @@ def run_experiment(
     out = Path(out)
     meta = _check_directory(out, name, scale, settings)
     specs = experiment.runs(settings, gammas, seeds)
+    # Every run's settings and task are checked before anything is written. A task that cannot
+    # be built, such as a sequence too short for its pairs, so fails here and not mid-sweep.
+    checked_tasks = set()
     for spec in specs:
-        # Validates every run's training settings before anything is written.
-        _train_config(settings, spec, out / "runs" / spec.run_id).validate()
+        config = _train_config(settings, spec, out / "runs" / spec.run_id)
+        config.validate()
+        task_key = json.dumps([config.task, config.seq_len, config.vocab_size, config.depth, config.text,
+                               config.task_options, config.seed], sort_keys=True)
+        if task_key not in checked_tasks:
+            build_task(config)
+            checked_tasks.add(task_key)
     records = read_records(out / RUNS_FILE)
     done = {r["run_id"] for r in records}
     todo = [s for s in specs if s.run_id not in done]

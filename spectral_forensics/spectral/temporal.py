@@ -269,7 +269,7 @@ def average_segments(product: np.ndarray, scale: float, nperseg: int, two_sided:
     """Average a per-segment spectral product into a density with the frequency axis at ``axis``."""
     density = product.mean(axis=-2) * scale
     if not two_sided:
-        # One-sided: every bin but 0 (and the Nyquist bin of an even length) holds both signs.
+        # One-sided: every bin but 0 (and the Nyquist bin of an even length) adds the power of both signs.
         density[..., 1 : None if nperseg % 2 else -1] *= 2
     return np.moveaxis(density, -1, axis)
 
